@@ -1,0 +1,201 @@
+"""Reading activations from the subject model and injecting them into the oracle.
+
+Layer convention: "layer L" is the output of decoder block L (0-indexed), the residual stream after
+block L, which is `hidden_states[L + 1]` in Hugging Face indexing.
+
+Extraction runs the *subject*: the same base model with the LoRA adapter disabled, in eval mode,
+without gradients, and stops the forward right after the deepest block it needs.
+
+Injection adds, at each placeholder position of decoder block `layer`'s output,
+
+    h' = h + coef · ||h|| · v / ||v||
+
+where `||h||` is the oracle's own activation norm there and the added term is detached. It acts on
+any forward whose sequence covers the placeholder positions (a generation prefill or a training
+forward over prompt + completion) and never on cached single-token decode steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from grpo_ao.models import decoder_layers
+
+
+def layer_for_percent(num_layers: int, percent: int | float) -> int:
+    """`int(num_layers * percent / 100)`: Qwen3-8B's 36 layers at 25/50/75 % → 9/18/27."""
+    if not 0 <= percent < 100:
+        raise ValueError(f"layer percent must be in [0, 100), got {percent}")
+    return int(num_layers * percent / 100)
+
+
+def _block_output(output: Any) -> torch.Tensor:
+    # transformers 5.x decoder layers return a tensor; older versions return a tuple
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def _replace_block_output(output: Any, hidden: torch.Tensor) -> Any:
+    return hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook after the deepest needed block, to skip the remaining layers."""
+
+
+@contextlib.contextmanager
+def subject_mode(model: Any) -> Iterator[Any]:
+    """The subject: adapter disabled (when the model has one), eval mode, no grad; state restored after."""
+    was_training = model.training
+    adapter_off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    model.eval()
+    try:
+        with adapter_off, torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def render_context(tokenizer: Any, context: str, context_format: str = "chat") -> str:
+    """The text the subject reads: the context as a chat user turn (default) or raw.
+
+    In chat format the template's closing tokens after the context are cut off, so "the last K
+    tokens" are the last K tokens of the context itself.
+    """
+    if context_format == "raw":
+        return context
+    if context_format != "chat":
+        raise ValueError(f"context_format must be 'chat' or 'raw', got {context_format!r}")
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": context}], tokenize=False, add_generation_prompt=False
+    )
+    cut = rendered.rfind(context)
+    assert cut >= 0, "chat template dropped the context text"
+    return rendered[: cut + len(context)]
+
+
+def extract_activations(
+    model: Any,
+    tokenizer: Any,
+    contexts: Sequence[str],
+    layers: Sequence[int],
+    num_positions: Sequence[int],
+    context_format: str = "chat",
+) -> list[torch.Tensor]:
+    """Subject activations: the output of block `layers[b]` at the last `num_positions[b]` tokens.
+
+    Args:
+        model: base model or peft model (its adapter is disabled for this read).
+        tokenizer: left-padding tokenizer.
+        contexts: B texts.
+        layers: B block indices (may differ per row).
+        num_positions: B values of K.
+        context_format: "chat" (a user turn, as the oracles were trained) or "raw".
+
+    Returns:
+        B tensors, row b of shape [K_b, hidden], detached, in the model's dtype.
+    """
+    if not len(contexts) == len(layers) == len(num_positions):
+        raise ValueError("contexts, layers and num_positions must have the same length")
+    texts = [render_context(tokenizer, c, context_format) for c in contexts]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    lengths = enc["attention_mask"].sum(dim=1).tolist()
+    for b, (n, k) in enumerate(zip(lengths, num_positions, strict=True)):
+        if k > n:
+            raise ValueError(f"context {b} has {n} tokens, fewer than the {k} positions asked for")
+    blocks = decoder_layers(model)
+    deepest = max(layers)
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(index: int):
+        def hook(module, args, output):
+            captured[index] = _block_output(output)
+            if index == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[i].register_forward_hook(capture(i)) for i in sorted(set(layers))]
+    device = next(model.parameters()).device
+    try:
+        with subject_mode(model):
+            try:
+                model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    width = enc["input_ids"].shape[1]
+    # left padding: every row's last K tokens sit at the end of the batch
+    return [captured[layer][b, width - k :].detach().clone() for b, (layer, k) in enumerate(zip(layers, num_positions))]
+
+
+class Injection:
+    """State of one installed injection hook; `calls` counts the forwards it modified (for tests)."""
+
+    def __init__(self, vectors: Sequence[torch.Tensor], positions: Sequence[Sequence[int]], coef: float):
+        if len(vectors) != len(positions):
+            raise ValueError(f"{len(vectors)} vector sets for {len(positions)} position lists")
+        rows, cols, vecs = [], [], []
+        for b, (v, pos) in enumerate(zip(vectors, positions, strict=True)):
+            if v.ndim != 2 or v.shape[0] != len(pos):
+                raise ValueError(f"row {b}: vectors of shape {tuple(v.shape)} for {len(pos)} positions")
+            norms = v.float().norm(dim=-1)
+            if (norms == 0).any() or not torch.isfinite(norms).all():
+                raise ValueError(f"row {b}: a steering vector has zero or non-finite norm; refusing to inject")
+            rows += [b] * len(pos)
+            cols += list(pos)
+            vecs.append(v.float() / norms[:, None])
+        self.batch_size = len(vectors)
+        self.rows = torch.tensor(rows, dtype=torch.long)  # [N]
+        self.cols = torch.tensor(cols, dtype=torch.long)  # [N]
+        self.units = torch.cat(vecs).detach()  # [N, hidden], unit norm
+        self.max_col = max(cols)
+        self.coef = coef
+        self.calls = 0
+
+    def apply(self, h: torch.Tensor) -> torch.Tensor:
+        """h [B, S, hidden] → h with the norm-matched vectors added at (row, position)."""
+        if h.shape[1] <= self.max_col:
+            return h  # a cached decode step: the placeholders are not in this forward
+        if h.shape[0] != self.batch_size:
+            raise ValueError(f"injection prepared for batch {self.batch_size}, forward has batch {h.shape[0]}")
+        rows, cols = self.rows.to(h.device), self.cols.to(h.device)
+        current = h[rows, cols]  # [N, hidden]
+        added = self.coef * current.norm(dim=-1, keepdim=True) * self.units.to(h.device, h.dtype)  # [N, hidden]
+        self.calls += 1
+        return h.index_put((rows, cols), current + added.detach())
+
+
+@contextlib.contextmanager
+def inject(
+    model: Any,
+    vectors: Sequence[torch.Tensor],
+    positions: Sequence[Sequence[int]],
+    layer: int = 1,
+    coef: float = 1.0,
+) -> Iterator[Injection]:
+    """Install the injection hook on decoder block `layer` for the duration of the block.
+
+    Args:
+        model: the oracle (plain transformers model or peft-wrapped; the adapter stays as it is).
+        vectors: one [K_b, hidden] tensor per batch row.
+        positions: one list of K_b token indices per batch row (in padded coordinates).
+        layer: block whose output is steered (1 for the activation oracles).
+        coef: steering coefficient.
+    """
+    state = Injection(vectors, positions, coef)
+
+    def hook(module, args, output):
+        return _replace_block_output(output, state.apply(_block_output(output)))
+
+    # prepend: transformers records output_hidden_states with hooks of its own; ours must run first
+    handle = decoder_layers(model)[layer].register_forward_hook(hook, prepend=True)
+    try:
+        yield state
+    finally:
+        handle.remove()
