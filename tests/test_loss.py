@@ -330,9 +330,10 @@ def test_token_logprobs_match_the_samplers_distribution_on_a_tiny_model():
     model = Qwen3ForCausalLM(config).eval()
     prompt = torch.tensor([[3, 9, 17, 4, 30]])
     temperature = 0.7
+    # the config has no eos, so all 6 tokens are sampled; top_k=0/top_p=1 leave the distribution whole
     out = model.generate(
         prompt, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=6,
-        min_new_tokens=6, output_scores=True, return_dict_in_generate=True, pad_token_id=0,
+        output_scores=True, return_dict_in_generate=True, pad_token_id=0,
     )  # fmt: skip
     new_ids = out.sequences[:, prompt.shape[1] :]  # [1, 6]
     # the sampler's own logprobs: log_softmax of its processed (temperature-divided) scores

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from grpo_ao.format import left_pad, render_oracle_prompt
-from grpo_ao.models import attach_lora, decoder_layers
-from grpo_ao.models import LoraSettings
+from grpo_ao.models import LoraSettings, attach_lora, decoder_layers
 from grpo_ao.steering import (
     Injection,
     _replace_block_output,

@@ -1,0 +1,127 @@
+"""`grpo-ao` command line: parses arguments and dispatches to a recipe. Nothing else lives here.
+
+A user mistake (`GrpoAoError`) prints one paragraph and exits 2, without a traceback.
+Heavy modules (torch, transformers) are imported only inside the commands, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _training_args(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    p.add_argument("--config", default=default_config, required=default_config is None,
+                   help="shipped config name (tiny, smollm2, qwen3-8b) or a YAML path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.lr=1e-5 sampling.temperature=0.9")
+    p.add_argument("--output-dir", help="run directory (default runs/<name>)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (GRPO)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grpo-ao", description="Train activation oracles with calibrated "
+                                     "confidence using Dr. GRPO.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the main job: format SFT → GRPO → evaluation (default: embedded SmolLM2 demo)")
+    _training_args(p, default_config="")
+    p = sub.add_parser("grpo", help="Dr. GRPO training")
+    _training_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p = sub.add_parser("sft", help="format SFT: teach the [epistemic status: X] format")
+    _training_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p = sub.add_parser("observe", help="roll out without training and print a readable report")
+    _training_args(p)
+    p.add_argument("--num-examples", type=int, default=4)
+    p.add_argument("--num-generations", type=int, default=4)
+    p.add_argument("--adapter", help="LoRA adapter to observe (default: the config's)")
+    p.add_argument("--no-judge", action="store_true", help="skip the judge (no scores or rewards)")
+    p = sub.add_parser("eval", help="calibration evaluation: Brier, ECE, AUROC, reliability diagrams")
+    _training_args(p)
+    p.add_argument("--adapter", action="append", default=[], metavar="PATH",
+                   help="adapter to evaluate (repeatable; 'base' = the config's starting adapter)")
+
+    p = sub.add_parser("config", help="show or validate configs")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = csub.add_parser("show", help="print a resolved config as YAML")
+    c.add_argument("name")
+    c.add_argument("overrides", nargs="*")
+    c = csub.add_parser("validate", help="load and validate a config file (offline)")
+    c.add_argument("name")
+    c.add_argument("overrides", nargs="*")
+    csub.add_parser("list", help="list the shipped configs")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from grpo_ao.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "output_dir", None):
+        overrides.append(f"logging.output_dir={args.output_dir}")
+    if getattr(args, "max_steps", None) is not None:
+        overrides.append(f"grpo.max_steps={args.max_steps}")
+    return load_config(args.config, overrides)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        import yaml
+
+        from grpo_ao.config import load_config, shipped_configs, to_dict
+
+        if args.config_command == "list":
+            print("\n".join(shipped_configs()))
+        elif args.config_command == "show":
+            print(yaml.safe_dump(to_dict(load_config(args.name, args.overrides)), sort_keys=False), end="")
+        else:
+            cfg = load_config(args.name, args.overrides)
+            print(f"{args.name}: valid (model {cfg.model.source}, judge {cfg.judge.kind}, "
+                  f"{cfg.grpo.max_steps} GRPO steps, run dir {cfg.run_dir})")
+        return 0
+    if args.command == "run":
+        from grpo_ao.recipes import pipeline
+
+        if not args.config:
+            args.config = pipeline.default_config()
+        pipeline.run(_load(args))
+    elif args.command == "grpo":
+        from grpo_ao.recipes import grpo
+
+        summary = grpo.run(_load(args), resume=args.resume)
+        print(f"GRPO done: reward first 20% {summary['reward_first_20pct']}, last 20% "
+              f"{summary['reward_last_20pct']}; adapter {summary['adapter']}")
+    elif args.command == "sft":
+        from grpo_ao.recipes import sft
+
+        sft.run(_load(args), resume=args.resume)
+    elif args.command == "observe":
+        from grpo_ao.recipes import observe
+
+        observe.run(_load(args), num_examples=args.num_examples, num_generations=args.num_generations,
+                    adapter=args.adapter, use_judge=not args.no_judge)
+    elif args.command == "eval":
+        from grpo_ao.recipes import evaluate
+
+        evaluate.run(_load(args), adapters=args.adapter or None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from grpo_ao.errors import GrpoAoError
+
+    try:
+        return dispatch(args)
+    except GrpoAoError as e:
+        print(f"grpo-ao: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("grpo-ao: interrupted; the latest complete checkpoint is kept (use --resume).", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""Metric names, metric sinks (JSONL, TensorBoard, Weights & Biases) and the run-info file.
+
+Every metric a recipe logs is a constant here, named `area/name`, and has one line in
+docs/metrics.md (a test keeps the two in sync). Every backend sits behind `MetricSink`; a backend
+that is off or unavailable is a no-op sink, so a training loop never contains `if wandb:`.
+We do not make a sink failure stop training: an optional backend that cannot start or stops
+working logs one warning and goes quiet, and the JSONL file is always written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
+
+# --- names ---------------------------------------------------------------------------------------
+REWARD_MEAN = "reward/mean"
+REWARD_STD = "reward/std"
+REWARD_INFO = "reward/info"
+REWARD_BRIER = "reward/brier"
+REWARD_BONUS = "reward/bonus"
+CALIB_CONFIDENCE_MEAN = "calib/confidence_mean"
+CALIB_CONFIDENCE_HIST = "calib/confidence_hist"
+"""Prefix of the histogram of X: `calib/confidence_hist_0` ... `calib/confidence_hist_10`."""
+CONFIDENCE_LEVELS = tuple(range(11))
+FORMAT_PARSE_RATE = "format/parse_rate"
+JUDGE_CALLS = "judge/calls"
+JUDGE_CACHE_HITS = "judge/cache_hits"
+JUDGE_RETRIES = "judge/retries"
+JUDGE_FAILURES = "judge/failures"
+JUDGE_LATENCY_S = "judge/latency_s"
+JUDGE_MASKED_FRAC = "judge/masked_frac"
+JUDGE_PROMPT_TOKENS = "judge/prompt_tokens"
+JUDGE_COMPLETION_TOKENS = "judge/completion_tokens"
+JUDGE_COST_USD = "judge/cost_usd"
+GROUP_ZERO_STD_FRAC = "group/zero_std_frac"
+ADV_STD = "adv/std"
+ROLLOUT_LEN_MEAN = "rollout/len_mean"
+ROLLOUT_TRUNCATED_FRAC = "rollout/truncated_frac"
+LOSS_TOTAL = "loss/total"
+LOSS_POLICY = "loss/policy"
+LOSS_KL = "loss/kl"
+LOSS_CLIP_FRAC = "loss/clip_frac"
+LOSS_RATIO_MEAN = "loss/ratio_mean"
+OPTIM_GRAD_NORM = "optim/grad_norm"
+OPTIM_LR = "optim/lr"
+TIME_ROLLOUT_S = "time/rollout_s"
+TIME_JUDGE_S = "time/judge_s"
+TIME_UPDATE_S = "time/update_s"
+TIME_STEP_S = "time/step_s"
+PERF_TOKENS_PER_S = "perf/tokens_per_s"
+PERF_PEAK_MEMORY_GB = "perf/peak_memory_gb"
+SFT_LOSS = "sft/loss"
+SFT_PARSE_RATE_BEFORE = "sft/parse_rate_before"
+SFT_PARSE_RATE_AFTER = "sft/parse_rate_after"
+EVAL_PARSE_RATE = "eval/parse_rate"
+EVAL_INFO_MEAN = "eval/info_mean"
+EVAL_CONFIDENCE_MEAN = "eval/confidence_mean"
+EVAL_BRIER = "eval/brier"
+EVAL_ECE = "eval/ece"
+EVAL_REWARD_MEAN = "eval/reward_mean"
+
+
+def confidence_hist_key(level: int) -> str:
+    """The histogram metric for confidence X = `level`.  >>> confidence_hist_key(7) -> 'calib/confidence_hist_7'"""
+    assert level in CONFIDENCE_LEVELS, f"confidence level must be 0..10, got {level}"
+    return f"{CALIB_CONFIDENCE_HIST}_{level}"
+
+
+def confidence_histogram(confidences: Iterable[int | None]) -> dict[str, float]:
+    """Fraction of parsed completions at each X in 0..10 (parse failures, None, are left out)."""
+    parsed = [c for c in confidences if c is not None]
+    return {confidence_hist_key(x): parsed.count(x) / max(len(parsed), 1) for x in CONFIDENCE_LEVELS}
+
+
+ALL_METRICS: tuple[str, ...] = (
+    REWARD_MEAN, REWARD_STD, REWARD_INFO, REWARD_BRIER, REWARD_BONUS,
+    CALIB_CONFIDENCE_MEAN, *(confidence_hist_key(x) for x in CONFIDENCE_LEVELS),
+    FORMAT_PARSE_RATE,
+    JUDGE_CALLS, JUDGE_CACHE_HITS, JUDGE_RETRIES, JUDGE_FAILURES, JUDGE_LATENCY_S, JUDGE_MASKED_FRAC,
+    JUDGE_PROMPT_TOKENS, JUDGE_COMPLETION_TOKENS, JUDGE_COST_USD,
+    GROUP_ZERO_STD_FRAC, ADV_STD, ROLLOUT_LEN_MEAN, ROLLOUT_TRUNCATED_FRAC,
+    LOSS_TOTAL, LOSS_POLICY, LOSS_KL, LOSS_CLIP_FRAC, LOSS_RATIO_MEAN, OPTIM_GRAD_NORM, OPTIM_LR,
+    TIME_ROLLOUT_S, TIME_JUDGE_S, TIME_UPDATE_S, TIME_STEP_S, PERF_TOKENS_PER_S, PERF_PEAK_MEMORY_GB,
+    SFT_LOSS, SFT_PARSE_RATE_BEFORE, SFT_PARSE_RATE_AFTER,
+    EVAL_PARSE_RATE, EVAL_INFO_MEAN, EVAL_CONFIDENCE_MEAN, EVAL_BRIER, EVAL_ECE, EVAL_REWARD_MEAN,
+)  # fmt: skip
+
+
+# --- sinks ---------------------------------------------------------------------------------------
+@runtime_checkable
+class MetricSink(Protocol):
+    """Where per-step metrics and sample rows go."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_samples(self, rows: list[dict], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullSink:
+    """Accepts everything and does nothing: a backend that is off."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_samples(self, rows: list[dict], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """run_dir/metrics.jsonl (one `{"step", "time", name: value...}` line per `log`) and
+    run_dir/samples.jsonl (one `{"step", ...row}` line per sample). Appends, so a resumed run
+    continues the same files; flushed after every write. NaN/inf values are written as null."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._samples = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        values = {k: v if isinstance(v, int | float) else float(v) for k, v in metrics.items()}
+        self._metrics.write(json.dumps(_finite({"step": step, "time": time.time(), **values})) + "\n")
+        self._metrics.flush()
+
+    def log_samples(self, rows: list[dict], step: int) -> None:
+        if self._samples is None:
+            self._samples = open(self.run_dir / "samples.jsonl", "a", encoding="utf-8")
+        for row in rows:
+            self._samples.write(json.dumps(_finite({"step": step, **row}), default=_jsonable) + "\n")
+        self._samples.flush()
+
+    def close(self) -> None:
+        self._metrics.close()
+        if self._samples is not None:
+            self._samples.close()
+
+
+class TensorBoardSink:
+    """Scalars and sample text to run_dir/tensorboard; a no-op (one warning) without `tensorboard`."""
+
+    def __init__(self, run_dir: Path):
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("TensorBoard is not installed (pip install tensorboard); logging without it.")
+            return
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, float(value), step)
+
+    def log_samples(self, rows: list[dict], step: int) -> None:
+        if self.writer is not None and rows:
+            text = "\n\n".join(f"    {json.dumps(r, default=_jsonable, indent=2)}" for r in rows)
+            self.writer.add_text("samples", text, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class WandbSink:
+    """Weights & Biases run; a no-op with one clear warning when wandb or a login is missing.
+
+    A login is `WANDB_API_KEY`, a `wandb login` entry in ~/.netrc, or WANDB_MODE=offline/disabled.
+    """
+
+    def __init__(self, project: str, run_name: str | None, config: dict):
+        self.run = None
+        try:
+            import wandb
+        except ImportError:
+            log.warning("wandb is not installed (pip install 'grpo-ao[wandb]'); continuing without W&B.")
+            return
+        if not _wandb_logged_in():
+            log.warning("WANDB_API_KEY is not set and `wandb login` was never run; continuing without W&B.")
+            return
+        try:
+            self.run = wandb.init(project=project, name=run_name, config=redact_secrets(config))
+        except Exception as e:
+            log.warning("wandb.init failed (%s); continuing without W&B.", e)
+        self._wandb = wandb
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._call(lambda: self.run.log(dict(metrics), step=step))
+
+    def log_samples(self, rows: list[dict], step: int) -> None:
+        if rows:
+            columns = sorted({k for r in rows for k in r})
+            data = [[_cell(r.get(c)) for c in columns] for r in rows]
+            self._call(
+                lambda: self.run.log({"samples": self._wandb.Table(columns=columns, data=data)}, step=step)
+            )
+
+    def close(self) -> None:
+        self._call(lambda: self.run.finish())
+
+    def _call(self, fn) -> None:
+        if self.run is None:
+            return
+        try:
+            fn()
+        except Exception as e:  # a flaky network must not end a training run
+            log.warning("W&B logging failed (%s); continuing without W&B.", e)
+            self.run = None
+
+
+class MultiSink:
+    """Forwards every call to each of `sinks`, in order."""
+
+    def __init__(self, sinks: Iterable[MetricSink]):
+        self.sinks = list(sinks)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for sink in self.sinks:
+            sink.log(metrics, step)
+
+    def log_samples(self, rows: list[dict], step: int) -> None:
+        for sink in self.sinks:
+            sink.log_samples(rows, step)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def build_sinks(
+    run_dir: Path, tensorboard: bool, wandb_project: str | None, run_name: str | None, config_dict: dict
+) -> MultiSink:
+    """JSONL always; TensorBoard when `tensorboard`; W&B when `wandb_project` is given.
+
+    `config_dict` goes to W&B with secrets redacted. A backend that cannot start stays in the
+    list as a no-op after its warning.
+    """
+    sinks: list[MetricSink] = [JsonlSink(run_dir)]
+    if tensorboard:
+        sinks.append(TensorBoardSink(run_dir))
+    if wandb_project:
+        sinks.append(WandbSink(wandb_project, run_name, config_dict))
+    return MultiSink(sinks)
+
+
+def read_metrics(run_dir: Path, *, last_per_step: bool = False) -> list[dict]:
+    """The records of run_dir/metrics.jsonl, in file order.
+
+    With `last_per_step`, a step logged twice (a resumed run repeats the steps after its
+    checkpoint) keeps only its last record, and the result is sorted by step.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if last_per_step:
+        records = sorted({r["step"]: r for r in records}.values(), key=lambda r: r["step"])
+    return records
+
+
+# --- run info ------------------------------------------------------------------------------------
+REDACTED = "<redacted>"
+_SECRET_SUBSTRINGS = ("api_key", "apikey", "secret", "password", "passwd")
+_ENV_VAR_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_SECRET_VALUE = re.compile(r"^(sk-|hf_)[A-Za-z0-9_\-]{16,}$")
+
+
+def _is_secret_key(key: str) -> bool:
+    """api_key/secret/password anywhere in the key; `token` only as a whole `_`-separated part,
+    so `tokenizer` and `max_new_tokens` are not secrets but `hf_token` and `auth_token` are."""
+    lowered = key.lower()
+    parts = re.split(r"[_\-.]", lowered)
+    return any(s in lowered for s in _SECRET_SUBSTRINGS) or "token" in parts
+
+
+def redact_secrets(value: Any) -> Any:
+    """A copy of `value` (nested dicts/lists) with secret strings replaced by "<redacted>".
+
+    Redacted: a string under a secret-looking key (see `_is_secret_key`), and any string that looks
+    like an API key (`sk-...`, `hf_...`). Kept: a key ending in `_env` whose value is an
+    environment-variable NAME (`api_key_env: OPENROUTER_API_KEY`), since it names the secret
+    without holding it; if such a field holds anything else, it is redacted too.
+    """
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if isinstance(v, str) and _is_secret_key(str(k)):
+                keep = str(k).lower().endswith("_env") and _ENV_VAR_NAME.match(v)
+                out[k] = v if keep else REDACTED
+            else:
+                out[k] = redact_secrets(v)
+        return out
+    if isinstance(value, list | tuple):
+        return [redact_secrets(v) for v in value]
+    if isinstance(value, str) and _SECRET_VALUE.match(value):
+        return REDACTED
+    if isinstance(value, str) and "=" in value:  # a `key=value` override on the command line
+        key = value.partition("=")[0]
+        if _is_secret_key(key.rsplit(".", 1)[-1]) and not key.lower().endswith("_env"):
+            return f"{key}={REDACTED}"
+    return value
+
+
+def write_run_info(run_dir: Path, config_dict: dict, seed: int) -> Path:
+    """Write run_dir/run_info.json: resolved config (secrets redacted), git commit, seed, versions.
+
+    The commit is that of the grpo_ao source tree (None when it is not a git checkout or git is
+    missing), with `git_dirty` telling whether it had uncommitted changes.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain") if commit else None
+    info = {
+        "config": redact_secrets(config_dict),
+        "seed": seed,
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+        "versions": _versions(),
+        "command": redact_secrets(list(sys.argv)),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path = run_dir / "run_info.json"
+    path.write_text(json.dumps(info, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    return path
+
+
+def _git(*args: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("grpo-ao", "torch", "transformers", "peft"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return True
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC") or None)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return auth.authenticators("api.wandb.ai") is not None
+
+
+def _cell(value: Any) -> Any:
+    """A W&B table cell: scalars as they are, anything else (lists, dicts) as JSON text."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return json.dumps(_finite(value), default=_jsonable)
+
+
+def _finite(value: Any) -> Any:
+    """A copy with NaN/inf floats replaced by None, so every line is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    """Fallback for `json.dumps`: tensors/arrays to lists or numbers, paths and others to str."""
+    if hasattr(value, "tolist"):
+        return _finite(value.tolist())
+    return str(value)

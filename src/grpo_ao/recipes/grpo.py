@@ -1,0 +1,286 @@
+"""Dr. GRPO training of the oracle: `grpo-ao grpo --config CONFIG`.
+
+One optimizer step:
+  1. for each of grad_accum_steps chunks: sample B tasks → rollouts (G each, injection, eval mode)
+     → parse → judge → reward → group advantages (judge failures masked out);
+  2. (num_iterations > 1) old logprobs; (beta > 0) reference logprobs with the starting adapter;
+  3. for each iteration: loss over micro-batches with gradient accumulation → clip → AdamW step;
+  4. log metrics, samples, checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from grpo_ao import metrics as M
+from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, push_to_hub, save_checkpoint
+from grpo_ao.config import RunConfig, to_dict
+from grpo_ao.errors import GrpoAoError
+from grpo_ao.format import parse_epistemic_status
+from grpo_ao.judge import JudgeItem, build_judge, score_sync
+from grpo_ao.loss import group_advantages, policy_loss
+from grpo_ao.metrics import build_sinks, confidence_histogram
+from grpo_ao.recipes.setup import (
+    load_oracle,
+    optimizer_and_scheduler,
+    progress_bar,
+    seed_everything,
+    start_run,
+    task_sampler,
+    trainable_parameters,
+    window_mean,
+    write_json,
+)
+from grpo_ao.reward import aggregate_breakdowns, group_rewards
+from grpo_ao.rollout import Rollouts, Sampling, build_oracle_inputs, completion_logprobs, generate_rollouts
+
+REFERENCE_ADAPTER = "reference"
+
+
+@dataclass
+class Chunk:
+    """One accumulation chunk: B tasks, their N = B·G rollouts and what was computed from them."""
+
+    tasks: list
+    rollouts: Rollouts
+    layers: list[int]
+    parsed: list
+    judged: list
+    breakdowns: list
+    advantages: torch.Tensor  # [N]
+    valid: torch.Tensor  # [N] bool
+    old_logprobs: torch.Tensor | None = None  # [N, T]
+    ref_logprobs: torch.Tensor | None = None  # [N, T]
+
+
+def collect_chunk(cfg: RunConfig, model: Any, tokenizer: Any, sampler: Any, judge: Any, timers: dict) -> Chunk:
+    """Step 1 for one chunk: rollouts, parse, judge, reward, advantages."""
+    t0 = time.perf_counter()
+    tasks = sampler.next_batch(cfg.grpo.prompts_per_step)
+    inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
+                                 cfg.data.context_format)
+    s = cfg.sampling
+    sampling = Sampling(s.num_generations, s.temperature, s.top_p, s.top_k, s.max_new_tokens)
+    rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer, cfg.oracle.steering_coef)
+    parsed = [parse_epistemic_status(text) for text in rollouts.texts]
+    t1 = time.perf_counter()
+    g = s.num_generations
+    items = [JudgeItem(tasks[i // g].context, tasks[i // g].question, p.answer, tasks[i // g].reference)
+             for i, p in enumerate(parsed)]
+    judged = score_sync(judge, items)
+    t2 = time.perf_counter()
+    breakdowns = []
+    for b in range(len(tasks)):
+        group = slice(b * g, (b + 1) * g)
+        breakdowns += group_rewards([p.confidence for p in parsed[group]], judged[group], cfg.reward)
+    valid = torch.tensor([bd.total is not None for bd in breakdowns])  # [N]
+    rewards = torch.tensor([bd.total if bd.total is not None else float("nan") for bd in breakdowns])  # [N]
+    advantages = group_advantages(rewards.view(-1, g), valid.view(-1, g), cfg.grpo.scale_rewards).view(-1)  # [N]
+    timers["rollout"] += t1 - t0
+    timers["judge"] += t2 - t1
+    return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid)
+
+
+@contextlib.contextmanager
+def reference_adapter(model: Any):
+    """Compute with the frozen copy of the starting adapter; the trained adapter is restored after."""
+    model.set_adapter(REFERENCE_ADAPTER)
+    try:
+        yield
+    finally:
+        model.set_adapter("default")
+
+
+def fixed_logprobs(cfg: RunConfig, model: Any, chunk: Chunk) -> torch.Tensor:
+    """Logprobs without gradient, in eval mode, micro-batched (old policy or reference)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for idx in micro_batches(chunk, cfg.grpo.micro_batch_size, valid_only=False):
+            out.append(completion_logprobs(model, chunk.rollouts.select(idx), cfg.sampling.temperature,
+                                           cfg.oracle.injection_layer, cfg.oracle.steering_coef).cpu())
+    model.train(was_training)
+    return torch.cat(out)  # [N, T]
+
+
+def micro_batches(chunk: Chunk, size: int, valid_only: bool = True) -> list[list[int]]:
+    rows = [i for i in range(len(chunk.valid)) if chunk.valid[i] or not valid_only]
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, num_tokens: int) -> list:
+    """Step 3 (one iteration's backward passes): loss over micro-batches, gradients accumulated."""
+    stats = []
+    device = next(model.parameters()).device
+    for chunk in chunks:
+        for idx in micro_batches(chunk, cfg.grpo.micro_batch_size):
+            mb = chunk.rollouts.select(idx)
+            t = torch.tensor(idx)
+            logprobs = completion_logprobs(model, mb, cfg.sampling.temperature, cfg.oracle.injection_layer,
+                                           cfg.oracle.steering_coef)  # [n, T]
+            loss, st = policy_loss(
+                logprobs,
+                None if chunk.old_logprobs is None else chunk.old_logprobs[t].to(device),
+                chunk.advantages[t].to(device), mb.completion_mask.to(device),
+                epsilon=cfg.grpo.epsilon, epsilon_high=cfg.grpo.epsilon_high,
+                ref_logprobs=None if chunk.ref_logprobs is None else chunk.ref_logprobs[t].to(device),
+                beta=cfg.grpo.beta, loss_type=cfg.grpo.loss_type, max_new_tokens=cfg.sampling.max_new_tokens,
+                num_rollouts=num_rollouts, num_tokens=num_tokens,
+            )
+            loss.backward()
+            stats.append(st)
+    return stats
+
+
+def step_metrics(chunks: list[Chunk], loss_stats: list, grad_norm: float, lr: float, judge_delta: Any,
+                 timers: dict) -> dict[str, float]:
+    """Step 4: everything the step logs, by the names in `grpo_ao.metrics`."""
+    bds = [bd for c in chunks for bd in c.breakdowns]
+    lengths = torch.cat([c.rollouts.lengths for c in chunks]).float()
+    truncated = torch.cat([c.rollouts.truncated for c in chunks]).float()
+    valid_adv = torch.cat([c.advantages[c.valid] for c in chunks])
+    g = chunks[0].rollouts.num_generations
+    groups = [[bd.total for bd in c.breakdowns[i:i + g] if bd.total is not None]
+              for c in chunks for i in range(0, len(c.breakdowns), g)]
+    zero_std = [len(set(grp)) <= 1 for grp in groups]
+    out = {
+        **aggregate_breakdowns(bds),
+        **confidence_histogram([bd.confidence for bd in bds]),
+        **judge_delta.as_metrics(),
+        M.GROUP_ZERO_STD_FRAC: sum(zero_std) / len(zero_std),
+        M.ADV_STD: valid_adv.std(unbiased=False).item() if len(valid_adv) else 0.0,
+        M.ROLLOUT_LEN_MEAN: lengths.mean().item(),
+        M.ROLLOUT_TRUNCATED_FRAC: truncated.mean().item(),
+        M.OPTIM_GRAD_NORM: grad_norm,
+        M.OPTIM_LR: lr,
+        M.TIME_ROLLOUT_S: timers["rollout"], M.TIME_JUDGE_S: timers["judge"], M.TIME_UPDATE_S: timers["update"],
+        M.TIME_STEP_S: sum(timers.values()),
+        M.PERF_TOKENS_PER_S: lengths.sum().item() / max(sum(timers.values()), 1e-9),
+    }
+    if loss_stats:
+        out[M.LOSS_TOTAL] = sum(s.loss for s in loss_stats)
+        out[M.LOSS_POLICY] = sum(s.policy_loss for s in loss_stats)
+        kls = [s.kl for s in loss_stats if s.kl is not None]
+        out[M.LOSS_KL] = sum(kls) / len(kls) if kls else 0.0
+        out[M.LOSS_CLIP_FRAC] = sum(s.clip_frac for s in loss_stats) / len(loss_stats)
+        out[M.LOSS_RATIO_MEAN] = sum(s.ratio_mean for s in loss_stats) / len(loss_stats)
+    if torch.cuda.is_available():
+        out[M.PERF_PEAK_MEMORY_GB] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def sample_rows(chunks: list[Chunk]) -> list[dict]:
+    rows = []
+    for c in chunks:
+        g = c.rollouts.num_generations
+        for b, task in enumerate(c.tasks):
+            group = range(b * g, (b + 1) * g)
+            rows.append({
+                "question": task.question, "reference": task.reference, "layer": c.layers[b],
+                "layer_percent": task.layer_percent, "k": task.num_positions, "context": task.context,
+                "completions": [{"text": c.rollouts.texts[i], "confidence": c.parsed[i].confidence,
+                                 "judge": c.judged[i].informativeness, "reward": c.breakdowns[i].total,
+                                 "advantage": round(float(c.advantages[i]), 4)} for i in group],
+            })
+    return rows
+
+
+def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+    """Train; return the run summary (also written to run_dir/summary.json)."""
+    run_dir = start_run(cfg, "grpo")
+    seed_everything(cfg.seed)
+    model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
+    if cfg.grpo.beta > 0:  # frozen copy of the starting adapter for the KL term
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        model.add_adapter(REFERENCE_ADAPTER, model.peft_config["default"])
+        set_peft_model_state_dict(model, get_peft_model_state_dict(model, adapter_name="default"),
+                                  adapter_name=REFERENCE_ADAPTER)
+        model.set_adapter("default")
+    sampler = task_sampler(cfg.data, tokenizer)
+    judge = build_judge(cfg.judge, cache_path=cfg.judge.cache_path or run_dir / "judge_cache.sqlite")
+    optimizer, scheduler = optimizer_and_scheduler(model, cfg.grpo.lr, cfg.grpo.weight_decay, cfg.grpo.warmup_steps,
+                                                   cfg.grpo.lr_schedule, cfg.grpo.max_steps)
+    start = 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise GrpoAoError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}; start without --resume.")
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        sampler.load_state_dict(state["sampler"])
+        start = int(state["step"])
+        print(f"Resuming from {ckpt} (step {start}).")
+    sinks = build_sinks(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project, cfg.name, to_dict(cfg))
+    bar = progress_bar(cfg.grpo.max_steps, "grpo", cfg.logging.progress, initial=start)
+    rewards_seen: list[float] = []
+    for step in range(start + 1, cfg.grpo.max_steps + 1):
+        timers = {"rollout": 0.0, "judge": 0.0, "update": 0.0}
+        judge_before = judge.stats.snapshot()
+        chunks = [collect_chunk(cfg, model, tokenizer, sampler, judge, timers)  # 1.
+                  for _ in range(cfg.grpo.grad_accum_steps)]
+        t0 = time.perf_counter()
+        for chunk in chunks:  # 2.
+            if cfg.grpo.num_iterations > 1:
+                chunk.old_logprobs = fixed_logprobs(cfg, model, chunk)
+            if cfg.grpo.beta > 0:
+                with reference_adapter(model):
+                    chunk.ref_logprobs = fixed_logprobs(cfg, model, chunk)
+        num_rollouts = sum(len(c.valid) for c in chunks)
+        num_tokens = int(sum(c.rollouts.completion_mask[c.valid].sum() for c in chunks))
+        model.train()
+        loss_stats, grad_norm = [], 0.0
+        for _ in range(cfg.grpo.num_iterations):  # 3.
+            optimizer.zero_grad(set_to_none=True)
+            loss_stats = update(cfg, model, chunks, num_rollouts, num_tokens)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.grpo.max_grad_norm))
+            optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        model.eval()
+        timers["update"] = time.perf_counter() - t0
+        metrics = step_metrics(chunks, loss_stats, grad_norm, lr, judge.stats.delta(judge_before), timers)  # 4.
+        sinks.log(metrics, step)
+        rewards_seen.append(metrics[M.REWARD_MEAN])
+        if cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
+            sinks.log_samples(sample_rows(chunks), step)
+        if step % cfg.logging.checkpoint_every == 0 or step == cfg.grpo.max_steps:
+            save_checkpoint(run_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                            trainer_state={"step": step, "sampler": sampler.state_dict(),
+                                           "judge_cache": str(cfg.judge.cache_path or run_dir / "judge_cache.sqlite")},
+                            keep_last=cfg.logging.keep_last)
+        bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", parse=f"{metrics[M.FORMAT_PARSE_RATE]:.2f}")
+        bar.update(1)
+    bar.close()
+    sinks.close()
+    final = latest_checkpoint(run_dir)
+    adapter_dir = final / "adapter" if final else None
+    if cfg.logging.push_to_hub and adapter_dir:
+        push_to_hub(adapter_dir, cfg.logging.push_to_hub)
+    return write_summary(run_dir, cfg, adapter_dir, judge)
+
+
+def write_summary(run_dir, cfg: RunConfig, adapter_dir, judge) -> dict[str, Any]:
+    """run_dir/summary.json: reward over the first and last 20 % of steps, final adapter, judge totals."""
+    from grpo_ao.metrics import read_metrics
+
+    records = read_metrics(run_dir, last_per_step=True)
+    rewards = [r.get(M.REWARD_MEAN) for r in records]
+    parse = [r.get(M.FORMAT_PARSE_RATE) for r in records]
+    summary = {
+        "steps": len(records),
+        "reward_first_20pct": window_mean(rewards, 0.0, 0.2),
+        "reward_last_20pct": window_mean(rewards, 0.8, 1.0),
+        "parse_rate_first_20pct": window_mean(parse, 0.0, 0.2),
+        "parse_rate_last_20pct": window_mean(parse, 0.8, 1.0),
+        "adapter": str(adapter_dir) if adapter_dir else None,
+        "judge": judge.stats.as_metrics(),
+        "run_dir": str(run_dir),
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary

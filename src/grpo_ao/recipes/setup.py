@@ -1,0 +1,107 @@
+"""What every recipe does first: run directory, seeds, the oracle model, data, optimizer, progress."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from grpo_ao.config import RunConfig, to_dict
+from grpo_ao.data import DataConfig, TaskSampler, load_examples
+from grpo_ao.metrics import redact_secrets, write_run_info
+from grpo_ao.models import attach_lora, load_model
+from grpo_ao.steering import render_context
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def start_run(cfg: RunConfig, stage: str) -> Path:
+    """Make the run directory and save the resolved config (secrets redacted), git commit and seed."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = redact_secrets(to_dict(cfg))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_run_info(run_dir, {"stage": stage, **config}, cfg.seed)
+    return run_dir
+
+
+def load_oracle(cfg: RunConfig, adapter: str | None = None, trainable: bool = True,
+                gradient_checkpointing: bool = False) -> tuple[Any, Any]:
+    """The base model with a LoRA adapter: `adapter` if given, else `cfg.model.adapter`, else a fresh one."""
+    model, tokenizer = load_model(cfg.model)
+    model = attach_lora(model, cfg.lora, adapter or cfg.model.adapter, trainable=trainable)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.eval()
+    return model, tokenizer
+
+
+def task_sampler(data_cfg: DataConfig, tokenizer: Any) -> TaskSampler:
+    """Seeded task stream; contexts shorter than K subject tokens are capped or skipped, never a crash."""
+    examples = load_examples(data_cfg)
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(render_context(tokenizer, text, data_cfg.context_format),
+                             add_special_tokens=False)["input_ids"])
+
+    return TaskSampler(examples, data_cfg, count_tokens=count_tokens)
+
+
+def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert params, "the oracle has no trainable (LoRA) parameters"
+    return params
+
+
+def optimizer_and_scheduler(model: Any, lr: float, weight_decay: float, warmup_steps: int,
+                            schedule: str, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW on the LoRA parameters; linear warm-up, then constant, linear decay or cosine decay."""
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=lr, weight_decay=weight_decay)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled or bool(os.environ.get("GRPO_AO_NO_PROGRESS")),
+                dynamic_ncols=True)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write JSON atomically (temp file, then rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def window_mean(values: Sequence[float], start: float, end: float) -> float | None:
+    """Mean of the finite values in the [start, end) fraction of the sequence (e.g. first 20 %)."""
+    n = len(values)
+    lo, hi = int(n * start), max(int(n * start) + 1, int(round(n * end)))
+    window = [v for v in values[lo:hi] if v is not None and math.isfinite(v)]
+    return sum(window) / len(window) if window else None

@@ -1,0 +1,174 @@
+"""Rollouts: subject activations → oracle prompts → G sampled completions per prompt, with injection.
+
+Steps for a batch of B tasks (see `generate_rollouts`):
+  1. extract subject activations once per task (adapter off, eval, no grad);
+  2. render each oracle prompt once and locate its placeholders by token id;
+  3. sample G completions per prompt with the injection hook on block `injection_layer`
+     (adapter on, eval mode: no LoRA dropout while sampling; the hook acts on the prefill only);
+  4. keep the sampled ids and a completion mask. A completion cut at max_new_tokens is marked
+     truncated and gets no end-of-turn token. Decode the text for parsing and the judge.
+
+`completion_logprobs` recomputes log-probabilities of the sampled ids in batched padded training
+forwards, with the same injection, at the sampling temperature. We never re-tokenize decoded text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from grpo_ao.format import left_pad, render_oracle_prompt
+from grpo_ao.models import num_layers
+from grpo_ao.steering import extract_activations, inject, layer_for_percent
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation settings for one call (the recipes build it from their config)."""
+
+    num_generations: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 64
+    greedy: bool = False
+
+
+@dataclass(frozen=True)
+class OracleInputs:
+    """Prompts and subject vectors for B tasks, left-padded, one row per task."""
+
+    prompt_ids: torch.Tensor  # [B, P]
+    prompt_mask: torch.Tensor  # [B, P]
+    positions: list[list[int]]  # B lists of K_b indices
+    vectors: list[torch.Tensor]  # B tensors [K_b, hidden]
+    layers: list[int]  # B subject layers
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """N = B·G completions; row i belongs to prompt i // G."""
+
+    prompt_ids: torch.Tensor  # [N, P]
+    prompt_mask: torch.Tensor  # [N, P]
+    positions: list[list[int]]  # N
+    vectors: list[torch.Tensor]  # N
+    completion_ids: torch.Tensor  # [N, T]
+    completion_mask: torch.Tensor  # [N, T], 1 on sampled tokens up to and including end-of-turn
+    truncated: torch.Tensor  # [N] bool: hit max_new_tokens without end-of-turn
+    texts: list[str]  # N decoded completions
+    num_generations: int
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(dim=1)  # [N]
+
+    def select(self, idx: Sequence[int]) -> Rollouts:
+        """The rollouts at `idx` (a micro-batch)."""
+        t = torch.tensor(list(idx), dtype=torch.long)
+        return Rollouts(
+            prompt_ids=self.prompt_ids[t], prompt_mask=self.prompt_mask[t],
+            positions=[self.positions[i] for i in idx], vectors=[self.vectors[i] for i in idx],
+            completion_ids=self.completion_ids[t], completion_mask=self.completion_mask[t],
+            truncated=self.truncated[t], texts=[self.texts[i] for i in idx],
+            num_generations=self.num_generations,
+        )
+
+
+def build_oracle_inputs(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[Any],
+    system_prompt: str | None,
+    system_prompt_mode: str,
+    context_format: str = "chat",
+) -> OracleInputs:
+    """Steps 1–2: subject activations (adapter off) and rendered oracle prompts for B tasks.
+
+    Each task needs `.context`, `.question`, `.layer_percent` and `.num_positions`.
+    """
+    layers = [layer_for_percent(num_layers(model), t.layer_percent) for t in tasks]
+    ks = [t.num_positions for t in tasks]
+    vectors = extract_activations(model, tokenizer, [t.context for t in tasks], layers, ks, context_format)
+    prompts = [
+        render_oracle_prompt(tokenizer, t.question, layer, k, system_prompt, mode=system_prompt_mode)
+        for t, layer, k in zip(tasks, layers, ks, strict=True)
+    ]
+    prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
+    return OracleInputs(prompt_ids, prompt_mask, positions, vectors, layers)
+
+
+def end_of_turn_ids(model: Any, tokenizer: Any) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return sorted(i for i in ids if i is not None and i >= 0)
+
+
+def completion_mask_for(completion_ids: torch.Tensor, eos_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask up to and including the first end-of-turn token; rows without one are truncated.
+
+    Returns completion_mask [N, T] (long) and truncated [N] (bool).
+    """
+    is_eos = torch.isin(completion_ids, torch.tensor(list(eos_ids), device=completion_ids.device))  # [N, T]
+    seen_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # [N, T]: end-of-turns strictly before t
+    mask = (seen_before == 0).long()  # [N, T]
+    truncated = ~is_eos.any(dim=1)  # [N]
+    return mask, truncated
+
+
+def generate_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: Sampling,
+                      injection_layer: int = 1, coef: float = 1.0) -> Rollouts:
+    """Steps 3–4: G completions per prompt, sampled with injection in eval mode."""
+    g = sampling.num_generations
+    device = next(model.parameters()).device
+    prompt_ids = inputs.prompt_ids.repeat_interleave(g, dim=0)  # [N, P]
+    prompt_mask = inputs.prompt_mask.repeat_interleave(g, dim=0)  # [N, P]
+    positions = [p for p in inputs.positions for _ in range(g)]
+    vectors = [v for v in inputs.vectors for _ in range(g)]
+    eos_ids = end_of_turn_ids(model, tokenizer)
+    kwargs: dict[str, Any] = {"do_sample": False} if sampling.greedy else {
+        "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+    }
+    was_training = model.training
+    model.eval()  # no LoRA dropout while sampling
+    try:
+        with torch.no_grad(), inject(model, vectors, positions, injection_layer, coef):
+            out = model.generate(
+                input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
+                max_new_tokens=sampling.max_new_tokens, eos_token_id=eos_ids,
+                pad_token_id=tokenizer.pad_token_id, **kwargs,
+            )
+    finally:
+        model.train(was_training)
+    completion_ids = out[:, prompt_ids.shape[1]:].cpu()  # [N, T']
+    pad = sampling.max_new_tokens - completion_ids.shape[1]
+    if pad:  # generate stops early when every row finished; keep T fixed
+        completion_ids = torch.nn.functional.pad(completion_ids, (0, pad), value=tokenizer.pad_token_id)
+    completion_mask, truncated = completion_mask_for(completion_ids, eos_ids)
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return Rollouts(prompt_ids, prompt_mask, positions, vectors, completion_ids, completion_mask, truncated, texts, g)
+
+
+def completion_logprobs(model: Any, rollouts: Rollouts, temperature: float,
+                        injection_layer: int = 1, coef: float = 1.0) -> torch.Tensor:
+    """log π(sampled id) at the sampling temperature, in one padded forward with the same injection.
+
+    Returns [n, T]; entries outside the completion mask are meaningless (mask them).
+    """
+    from grpo_ao.loss import token_logprobs
+
+    device = next(model.parameters()).device
+    ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1).to(device)  # [n, P+T]
+    mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1).to(device)  # [n, P+T]
+    # the same position ids generate() derives from a left-padded mask
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # [n, P+T]
+    t = rollouts.completion_ids.shape[1]
+    with inject(model, rollouts.vectors, rollouts.positions, injection_layer, coef):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                       logits_to_keep=t + 1).logits  # [n, T+1, V]
+    return token_logprobs(logits[:, :-1], rollouts.completion_ids.to(device), temperature)  # [n, T]
