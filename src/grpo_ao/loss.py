@@ -246,3 +246,12 @@ def _aggregate(
         return per_sequence.sum() / max(n_rollouts, 1)
     n_tokens = mask.sum().clamp(min=1) if num_tokens is None else max(num_tokens, 1)
     return masked.sum() / n_tokens  # dapo: every token in the step weighs the same
+
+
+def sft_loss(logprobs: Tensor, completion_mask: Tensor) -> Tensor:
+    """Teacher-forced cross-entropy on the assistant tokens only (the prompt never enters):
+
+        L = -sum_{n,t} m_nt * logprobs_nt / sum_{n,t} m_nt           [N, T], [N, T] -> []
+    """
+    mask = completion_mask.to(logprobs.dtype)  # [N, T]
+    return -(logprobs * mask).sum() / mask.sum().clamp(min=1)

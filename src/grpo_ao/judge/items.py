@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from grpo_ao import metrics as m
+
 
 @dataclass(frozen=True)
 class JudgeItem:
@@ -79,7 +81,7 @@ class JudgeStats:
     cost_usd: float = 0.0
     """Token cost in USD from the configured prices (0 when unpriced)."""
     priced: bool = False
-    """True when prices are configured; only then is judge/cost_usd reported."""
+    """True when prices are configured, i.e. cost_usd is an estimate rather than "unknown, shown as 0"."""
 
     def snapshot(self) -> JudgeStats:
         """An independent copy of the counters now, for `delta` later."""
@@ -95,20 +97,19 @@ class JudgeStats:
         return JudgeStats(**diff, priced=self.priced)
 
     def as_metrics(self, prefix: str = "judge/") -> dict[str, float]:
-        """Metrics: calls, cache_hits, retries, failures, latency_s (mean per request), prompt_tokens,
-        completion_tokens, and cost_usd when priced."""
+        """Metrics (names in `grpo_ao.metrics`): calls, cache_hits, retries, failures, latency_s (mean per
+        request), prompt_tokens, completion_tokens, cost_usd (0 when unpriced). `prefix` replaces "judge/"."""
         metrics = {
-            "calls": self.calls,
-            "cache_hits": self.cache_hits,
-            "retries": self.retries,
-            "failures": self.failures,
-            "latency_s": self.latency_sum_s / max(self.calls, 1),  # clamp: 0 calls -> 0 latency
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
+            m.JUDGE_CALLS: self.calls,
+            m.JUDGE_CACHE_HITS: self.cache_hits,
+            m.JUDGE_RETRIES: self.retries,
+            m.JUDGE_FAILURES: self.failures,
+            m.JUDGE_LATENCY_S: self.latency_sum_s / max(self.calls, 1),  # clamp: 0 calls -> 0 latency
+            m.JUDGE_PROMPT_TOKENS: self.prompt_tokens,
+            m.JUDGE_COMPLETION_TOKENS: self.completion_tokens,
+            m.JUDGE_COST_USD: self.cost_usd,
         }
-        if self.priced:
-            metrics["cost_usd"] = self.cost_usd
-        return {prefix + name: float(value) for name, value in metrics.items()}
+        return {prefix + name.removeprefix("judge/"): float(value) for name, value in metrics.items()}
 
 
 @runtime_checkable

@@ -210,6 +210,8 @@ class OpenAIJudge:
             state.attempts += 1
             self.stats.calls += 1
             self.stats.retries += int(state.attempts > 1)
+            if state.attempts == 1:
+                state.error = "no reply yet"
             started = time.perf_counter()
             try:
                 response = await asyncio.wait_for(

@@ -1,0 +1,175 @@
+"""Format SFT: `grpo-ao sft --config CONFIG`. Teaches the `[epistemic status: X] Answer` format.
+
+  1. Targets: for each task, read subject activations (adapter off), let the starting oracle answer
+     with injection and *no* system prompt (its natural answer), and store
+     `[epistemic status: X] <answer>` with X uniform in 0..10 (seeded). Activations and targets are
+     cached on disk (safetensors + JSONL), so training and re-runs never recompute them.
+  2. Parse rate of greedy answers on a held-out slice, before training.
+  3. Teacher-forced cross-entropy on the assistant tokens only, with the system prompt in the layout
+     GRPO uses and injection at the same layer, batched, for `sft.epochs` epochs; checkpoint per epoch.
+  4. Parse rate on the held-out slice after training; summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from grpo_ao import metrics as M
+from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from grpo_ao.config import RunConfig, to_dict
+from grpo_ao.data import Task
+from grpo_ao.format import format_epistemic_status, left_pad, parse_epistemic_status, render_oracle_prompt
+from grpo_ao.loss import sft_loss
+from grpo_ao.metrics import build_sinks
+from grpo_ao.recipes.setup import (
+    load_oracle,
+    optimizer_and_scheduler,
+    progress_bar,
+    seed_everything,
+    start_run,
+    task_sampler,
+    trainable_parameters,
+    write_json,
+)
+from grpo_ao.rollout import Rollouts, Sampling, build_oracle_inputs, completion_logprobs, generate_rollouts
+
+FALLBACK_ANSWER = "I can't answer this question given these activations."
+
+
+def cache_key(cfg: RunConfig) -> str:
+    """Targets depend on the starting oracle, the data draw and the answer length, nothing else."""
+    parts = [cfg.model.source, cfg.model.adapter, cfg.model.seed, cfg.seed, to_dict(cfg.data),
+             cfg.sft.num_examples, cfg.sft.heldout_examples, cfg.sft.answer_max_new_tokens, cfg.oracle.injection_layer]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], cache_dir: Path) -> list[dict]:
+    """Step 1: natural answers (no system prompt) + random tags; cached as targets.jsonl + activations.safetensors."""
+    targets_path, acts_path = cache_dir / "targets.jsonl", cache_dir / "activations.safetensors"
+    if targets_path.exists() and acts_path.exists():
+        acts = load_file(str(acts_path))
+        rows = [json.loads(line) for line in targets_path.read_text().splitlines()]
+        for i, row in enumerate(rows):
+            row["vector"] = acts[f"v{i}"]
+        print(f"SFT: reusing {len(rows)} cached targets from {cache_dir}")
+        return rows
+    rng = random.Random(cfg.seed)
+    rows: list[dict] = []
+    batch = cfg.eval.batch_size
+    sampling = Sampling(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens, greedy=True)
+    bar = progress_bar(len(tasks), "sft targets", cfg.logging.progress)
+    for start in range(0, len(tasks), batch):
+        chunk = tasks[start:start + batch]
+        inputs = build_oracle_inputs(model, tokenizer, chunk, None, "none", cfg.data.context_format)
+        rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
+                                     cfg.oracle.steering_coef)
+        for task, layer, vector, text in zip(chunk, inputs.layers, inputs.vectors, rollouts.texts):
+            answer = " ".join(text.split()) or FALLBACK_ANSWER
+            rows.append({"context": task.context, "question": task.question, "reference": task.reference,
+                         "layer": layer, "k": task.num_positions,
+                         "target": format_epistemic_status(rng.randint(0, 10), answer), "vector": vector})
+        bar.update(len(chunk))
+    bar.close()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    save_file({f"v{i}": r["vector"].contiguous() for i, r in enumerate(rows)}, str(acts_path) + ".tmp")
+    targets_path.with_suffix(".tmp").write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "vector"}) + "\n" for r in rows))
+    Path(str(acts_path) + ".tmp").replace(acts_path)
+    targets_path.with_suffix(".tmp").replace(targets_path)
+    return rows
+
+
+def teacher_forcing_batch(cfg: RunConfig, tokenizer: Any, rows: list[dict]) -> Rollouts:
+    """Prompt (GRPO's layout, with system prompt) + target tokens + end-of-turn, as a Rollouts batch."""
+    prompts = [render_oracle_prompt(tokenizer, r["question"], r["layer"], r["k"], cfg.oracle.prompt_text,
+                                    mode=cfg.oracle.system_prompt_mode) for r in rows]
+    prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    targets = [tokenizer(r["target"], add_special_tokens=False)["input_ids"] + [eot] for r in rows]
+    width = max(len(t) for t in targets)
+    completion_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # [N, T]
+    completion_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [N, T]
+    for i, t in enumerate(targets):
+        completion_ids[i, :len(t)] = torch.tensor(t)
+        completion_mask[i, :len(t)] = 1
+    return Rollouts(prompt_ids, prompt_mask, positions, [r["vector"] for r in rows], completion_ids,
+                    completion_mask, torch.zeros(len(rows), dtype=torch.bool), [r["target"] for r in rows], 1)
+
+
+def heldout_parse_rate(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task]) -> float:
+    """Share of greedy answers (with the system prompt) that parse as `[epistemic status: X] ...`."""
+    sampling = Sampling(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens + 12, greedy=True)
+    ok = 0
+    for start in range(0, len(tasks), cfg.eval.batch_size):
+        chunk = tasks[start:start + cfg.eval.batch_size]
+        inputs = build_oracle_inputs(model, tokenizer, chunk, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
+                                     cfg.data.context_format)
+        rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
+                                     cfg.oracle.steering_coef)
+        ok += sum(parse_epistemic_status(t).ok for t in rollouts.texts)
+    return ok / len(tasks)
+
+
+def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+    """Generate targets, train, and report the held-out parse rate before and after."""
+    run_dir = start_run(cfg, "sft")
+    seed_everything(cfg.seed)
+    model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
+    sampler = task_sampler(cfg.data, tokenizer)
+    tasks = sampler.next_batch(cfg.sft.num_examples + cfg.sft.heldout_examples)
+    train_tasks, heldout = tasks[:cfg.sft.num_examples], tasks[cfg.sft.num_examples:]
+    rows = make_targets(cfg, model, tokenizer, train_tasks, run_dir / "sft_cache" / cache_key(cfg))  # 1.
+    steps_per_epoch = -(-len(rows) // cfg.sft.batch_size)
+    total = steps_per_epoch * cfg.sft.epochs
+    optimizer, scheduler = optimizer_and_scheduler(model, cfg.sft.lr, 0.0, cfg.sft.warmup_steps, "cosine", total)
+    epoch0, before = 0, None
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        epoch0, before = int(state["epoch"]), state.get("parse_rate_before")
+        print(f"Resuming SFT from {ckpt} (epoch {epoch0}).")
+    if before is None:
+        before = heldout_parse_rate(cfg, model, tokenizer, heldout)  # 2.
+    print(f"SFT: held-out parse rate before training: {before:.1%}")
+    sinks = build_sinks(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project, cfg.name, to_dict(cfg))
+    bar = progress_bar(total, "sft", cfg.logging.progress, initial=epoch0 * steps_per_epoch)
+    order_rng = random.Random(cfg.seed)
+    orders = [order_rng.sample(range(len(rows)), len(rows)) for _ in range(cfg.sft.epochs)]
+    for epoch in range(epoch0, cfg.sft.epochs):  # 3.
+        model.train()
+        for s in range(steps_per_epoch):
+            idx = orders[epoch][s * cfg.sft.batch_size:(s + 1) * cfg.sft.batch_size]
+            batch = teacher_forcing_batch(cfg, tokenizer, [rows[i] for i in idx])
+            logprobs = completion_logprobs(model, batch, 1.0, cfg.oracle.injection_layer, cfg.oracle.steering_coef)
+            loss = sft_loss(logprobs, batch.completion_mask.to(logprobs.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.sft.max_grad_norm))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            step = epoch * steps_per_epoch + s + 1
+            sinks.log({M.SFT_LOSS: loss.item(), M.OPTIM_GRAD_NORM: grad_norm, M.OPTIM_LR: lr}, step)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.update(1)
+        model.eval()
+        save_checkpoint(run_dir, (epoch + 1) * steps_per_epoch, model=model, optimizer=optimizer, scheduler=scheduler,
+                        trainer_state={"epoch": epoch + 1, "parse_rate_before": before},
+                        keep_last=cfg.logging.keep_last)
+    bar.close()
+    after = heldout_parse_rate(cfg, model, tokenizer, heldout)  # 4.
+    print(f"SFT: held-out parse rate {before:.1%} -> {after:.1%} ({len(heldout)} prompts)")
+    sinks.log({M.SFT_PARSE_RATE_BEFORE: before, M.SFT_PARSE_RATE_AFTER: after}, total)
+    sinks.close()
+    final = latest_checkpoint(run_dir)
+    summary = {"parse_rate_before": before, "parse_rate_after": after, "heldout": len(heldout),
+               "targets": len(rows), "adapter": str(final / "adapter") if final else None, "run_dir": str(run_dir)}
+    write_json(run_dir / "summary.json", summary)
+    return summary
