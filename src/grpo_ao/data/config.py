@@ -68,8 +68,10 @@ class DataConfig:
         if self.on_bad_row not in ON_BAD_ROW:
             raise GrpoAoError(f"data.on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}.")
         if self.max_examples is not None and (not _is_int(self.max_examples) or self.max_examples < 1):
-            raise GrpoAoError(f"data.max_examples must be a positive integer or null (all), got {self.max_examples!r}.")
+            raise GrpoAoError("data.max_examples must be a positive integer or null (all), "
+                              f"got {self.max_examples!r}.")
         if not _is_int(self.seed):
             raise GrpoAoError(f"data.seed must be an integer, got {self.seed!r}.")
         if self.context_format not in CONTEXT_FORMATS:
-            raise GrpoAoError(f"data.context_format must be one of {CONTEXT_FORMATS}, got {self.context_format!r}.")
+            raise GrpoAoError(f"data.context_format must be one of {CONTEXT_FORMATS}, "
+                              f"got {self.context_format!r}.")

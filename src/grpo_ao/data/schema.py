@@ -124,5 +124,6 @@ def parse_row(row: Any, source: str = "") -> Example:
         raise BadRow(f'"{name}" must be a list, got {type(items).__name__}')
     if not items:
         raise BadRow(f'"{name}" is empty')
-    qas = tuple(_qa(item, f'"{name}"[{i}]' if name != "question" else '"question"') for i, item in enumerate(items))
+    labels = ['"question"'] if name == "question" else [f'"{name}"[{i}]' for i in range(len(items))]
+    qas = tuple(_qa(item, label) for item, label in zip(items, labels, strict=True))
     return Example(context=context, qas=qas, source=source)

@@ -1,0 +1,134 @@
+"""`TaskSampler`: a seeded, resumable stream of (example, question, layer percent, K) draws.
+
+Each draw, in this order, from ONE `numpy.random.Generator` (PCG64) seeded with `cfg.seed`:
+  1. the next example of the current epoch (each epoch is a fresh permutation of the usable examples),
+  2. one of its questions, uniformly,
+  3. a layer percent from `cfg.layer_percents`, uniformly,
+  4. K uniformly in [min_positions, min(max_positions, n_tokens)], where n_tokens is the context's
+     token count when `count_tokens` is given (K is capped to the context, never an error).
+A context with fewer than `min_positions` tokens cannot be used at all: it is dropped at construction
+with a warning naming its file:line (`on_bad_row="skip"`) or raises `GrpoAoError` ("error"), so a
+short context never crashes training later. We do not weight examples by their number of questions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from grpo_ao.data.config import DataConfig
+from grpo_ao.data.loaders import BadRowWarning
+from grpo_ao.data.schema import Example
+from grpo_ao.errors import GrpoAoError
+
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Task:
+    """One draw: a question about one example, read at one layer percent over the last K tokens."""
+
+    example_index: int
+    """Index into the `examples` list given to the sampler."""
+    context: str
+    """Text the subject model reads."""
+    question: str
+    """Question shown to the oracle."""
+    reference: str | None
+    """Reference answer, None when unknown."""
+    family: str | None
+    """Task family of the question, None when unknown."""
+    layer_percent: int
+    """Subject layer as percent of depth (one of `cfg.layer_percents`)."""
+    num_positions: int
+    """K: activations of the last K context tokens are injected."""
+
+
+class TaskSampler:
+    """Deterministic, resumable sampler of `Task` batches (see the module docstring for the draw order).
+
+    Args:
+        examples: loaded examples (`load_examples`).
+        cfg: data config (seed, layer percents, K range, on_bad_row).
+        count_tokens: number of subject tokens of a context, as the subject will see it; None skips
+            the length check (K then ranges over the full [min_positions, max_positions]).
+    """
+
+    def __init__(self, examples: Sequence[Example], cfg: DataConfig,
+                 count_tokens: Callable[[str], int] | None = None) -> None:
+        self.examples = list(examples)
+        self.cfg = cfg
+        self._max_k = [cfg.max_positions] * len(self.examples)
+        usable = []
+        for i, ex in enumerate(self.examples):
+            n_tokens = count_tokens(ex.context) if count_tokens is not None else cfg.max_positions
+            if n_tokens < cfg.min_positions:
+                msg = (f"{ex.source or f'example {i}'}: context has {n_tokens} tokens, fewer than "
+                       f"data.min_positions={cfg.min_positions}")
+                if cfg.on_bad_row == "error":
+                    raise GrpoAoError(f"{msg}. Remove the row, lower data.min_positions, or set "
+                                      "data.on_bad_row=skip.")
+                warnings.warn(f"{msg}; skipped", BadRowWarning, stacklevel=2)
+                continue
+            self._max_k[i] = min(cfg.max_positions, n_tokens)
+            usable.append(i)
+        if not usable:
+            raise GrpoAoError(f"no usable example in data.source={cfg.source!r} (all {len(self.examples)} are "
+                              f"empty or shorter than data.min_positions={cfg.min_positions} tokens).")
+        self._usable = np.asarray(usable, dtype=np.int64)
+        self._rng = np.random.Generator(np.random.PCG64(cfg.seed))
+        self._order: list[int] = []
+        self._pos = 0
+        self.epoch = -1  # the first draw starts epoch 0
+        self.draws = 0
+
+    def _next_index(self) -> int:
+        if self._pos >= len(self._order):
+            self._order = self._rng.permutation(self._usable).tolist()
+            self._pos = 0
+            self.epoch += 1
+        index = self._order[self._pos]
+        self._pos += 1
+        return index
+
+    def _draw(self) -> Task:
+        i = self._next_index()  # 1.
+        ex = self.examples[i]
+        qa = ex.qas[int(self._rng.integers(len(ex.qas)))]  # 2.
+        layer_percent = self.cfg.layer_percents[int(self._rng.integers(len(self.cfg.layer_percents)))]  # 3.
+        k = int(self._rng.integers(self.cfg.min_positions, self._max_k[i] + 1))  # 4. inclusive upper bound
+        self.draws += 1
+        return Task(example_index=i, context=ex.context, question=qa.question, reference=qa.reference,
+                    family=qa.family, layer_percent=int(layer_percent), num_positions=k)
+
+    def next_batch(self, batch_size: int) -> list[Task]:
+        """The next `batch_size` tasks; a batch may span an epoch boundary."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return [self._draw() for _ in range(batch_size)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable position: generator state, current epoch order and position in it."""
+        return {"version": _STATE_VERSION, "num_examples": len(self.examples), "seed": self.cfg.seed,
+                "rng": self._rng.bit_generator.state, "order": list(self._order), "pos": self._pos,
+                "epoch": self.epoch, "draws": self.draws}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where `state_dict()` was taken (same examples and config required)."""
+        if state.get("version") != _STATE_VERSION:
+            raise GrpoAoError(f"data sampler state has version {state.get('version')!r}, expected "
+                              f"{_STATE_VERSION}; it was written by another grpo-ao version.")
+        if state["num_examples"] != len(self.examples):
+            raise GrpoAoError(f"the checkpoint's data had {state['num_examples']} examples, the current data "
+                              f"has {len(self.examples)}; resume with the same data.source and max_examples.")
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = state["rng"]
+        self._rng = rng
+        self._order = [int(i) for i in state["order"]]
+        self._pos = int(state["pos"])
+        self.epoch = int(state["epoch"])
+        self.draws = int(state["draws"])
