@@ -178,6 +178,9 @@ def build_tiny_model_and_tokenizer(seed: int = 0) -> tuple[Any, Any]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen3ForCausalLM(config)
+        # tied embeddings of std 0.4: the logit scale is bounded by ||e||·||norm(h)||, and LoRA cannot
+        # change it, so small embeddings would cap how peaked a LoRA-trained distribution can get
+        model.get_input_embeddings().weight.data.mul_(4.0)
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id], pad_token_id=tokenizer.pad_token_id
     )
