@@ -199,7 +199,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if cfg.grpo.beta > 0:  # frozen copy of the starting adapter for the KL term
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-        model.add_adapter(REFERENCE_ADAPTER, model.peft_config["default"])
+        with torch.random.fork_rng():  # the copy's random init must not shift the sampling RNG
+            model.add_adapter(REFERENCE_ADAPTER, model.peft_config["default"])
         set_peft_model_state_dict(model, get_peft_model_state_dict(model, adapter_name="default"),
                                   adapter_name=REFERENCE_ADAPTER)
         model.set_adapter("default")

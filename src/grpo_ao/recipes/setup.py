@@ -17,7 +17,7 @@ import yaml
 from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import DataConfig, TaskSampler, load_examples
 from grpo_ao.metrics import redact_secrets, write_run_info
-from grpo_ao.models import attach_lora, load_model
+from grpo_ao.models import attach_lora, load_model, resolve_device
 from grpo_ao.steering import render_context
 
 
@@ -29,6 +29,7 @@ def seed_everything(seed: int) -> None:
 
 def start_run(cfg: RunConfig, stage: str) -> Path:
     """Make the run directory and save the resolved config (secrets redacted), git commit and seed."""
+    resolve_device(cfg.model.device)  # a missing GPU is a user error before anything is written
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     config = redact_secrets(to_dict(cfg))

@@ -1,0 +1,413 @@
+"""The GRPO trainer on the tiny model: end-to-end CLI run, resume after a kill, invariances of the
+update path (micro-batching, accumulation, masking, permutation), the KL reference adapter, and judge
+failures masked through the whole loop.
+
+Every run starts from the session's format-SFT'd adapter (`sft_adapter` in conftest.py): a fresh
+LoRA never writes the tag, so all its rewards are equal and nothing would move.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from grpo_ao import metrics as M
+from grpo_ao.config import load_config, to_dict
+from grpo_ao.format import parse_epistemic_status
+from grpo_ao.judge import JudgeResult, build_judge
+from grpo_ao.loss import group_advantages
+from grpo_ao.metrics import ALL_METRICS, read_metrics
+from grpo_ao.recipes import grpo
+from grpo_ao.recipes.setup import load_oracle, task_sampler, trainable_parameters
+from grpo_ao.rollout import build_oracle_inputs
+
+GRPO_AO = Path(sys.executable).with_name("grpo-ao")
+
+FAST = [
+    # tiny.yaml's lr (5e-3) makes the tiny oracle's groups collapse to identical answers (zero reward
+    # spread, no gradient) within 3-4 steps; at 1e-3 the first ~6 steps all have spread and gradient.
+    "grpo.lr=1e-3",
+    "logging.progress=false",
+]
+"""Overrides every trainer test adds to the tiny config (with model.adapter=<sft adapter>)."""
+
+STEP_METRICS = {k for k in ALL_METRICS if not k.startswith(("sft/", "eval/"))} - (
+    set() if torch.cuda.is_available() else {M.PERF_PEAK_MEMORY_GB})
+"""What one GRPO step logs: every trainer metric (peak memory only where CUDA is available)."""
+
+
+def _cfg(sft_adapter, run_dir, *overrides):
+    return load_config("tiny", [f"model.adapter={sft_adapter}", f"logging.output_dir={run_dir}", *FAST,
+                                *overrides])
+
+
+def _steps(run_dir):
+    return {r["step"]: r for r in read_metrics(run_dir, last_per_step=True)}
+
+
+def _adapter(path):
+    return load_file(str(Path(path) / "adapter_model.safetensors"))
+
+
+def _samples(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines()]
+
+
+# --- 1. end to end through the real CLI ----------------------------------------------------------
+
+
+def test_cli_grpo_two_steps_moves_lora_and_writes_metrics_checkpoint_and_run_files(sft_adapter, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [f"model.adapter={sft_adapter}", *FAST, "logging.samples_every=1", "logging.checkpoint_every=2"]
+    env = {**os.environ, "GRPO_AO_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(GRPO_AO), "grpo", "--config", "tiny", *overrides, "--output-dir", str(run_dir),
+                           "--max-steps", "2"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GRPO done" in proc.stdout
+
+    # metrics: one record per step, exactly the trainer's metric names, all of them known
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        logged = set(r) - {"step", "time"}
+        assert logged <= set(ALL_METRICS), logged - set(ALL_METRICS)
+        assert logged == STEP_METRICS, STEP_METRICS ^ logged
+        hist = [r[M.confidence_hist_key(x)] for x in M.CONFIDENCE_LEVELS]
+        assert math.isclose(sum(hist), 1.0 if r[M.FORMAT_PARSE_RATE] > 0 else 0.0, abs_tol=1e-9)
+        assert r[M.TIME_STEP_S] > 0 and r[M.PERF_TOKENS_PER_S] > 0 and r[M.JUDGE_FAILURES] == 0
+        assert r[M.OPTIM_LR] == 1e-3  # FAST; tiny.yaml: constant schedule, no warm-up
+    assert any(r[M.GROUP_ZERO_STD_FRAC] < 1 and r[M.OPTIM_GRAD_NORM] > 0 for r in records)
+
+    # samples (samples_every=1): B=4 rows per step, G=4 completions each; they agree with the metrics
+    samples = _samples(run_dir)
+    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
+    for step, r in ((1, records[0]), (2, records[1])):
+        rows = [s for s in samples if s["step"] == step]
+        comps = [c for s in rows for c in s["completions"]]
+        assert len(comps) == 16
+        parsed = [c["confidence"] is not None for c in comps]
+        assert r[M.FORMAT_PARSE_RATE] == pytest.approx(sum(parsed) / 16, abs=1e-9)
+        assert r[M.REWARD_MEAN] == pytest.approx(sum(c["reward"] for c in comps) / 16, abs=1e-6)
+        # the reference judge dedupes a step's items and counts one call per distinct item
+        distinct = {(s["context"], s["question"], parse_epistemic_status(c["text"]).answer)
+                    for s in rows for c in s["completions"]}
+        assert r[M.JUDGE_CALLS] == len(distinct)
+
+    # the LoRA weights moved away from the starting adapter
+    ckpt = run_dir / "checkpoints" / "step-000002"
+    start, final = _adapter(sft_adapter), _adapter(ckpt / "adapter")
+    assert start.keys() == final.keys() and len(start) == 8 * 7 * 2  # 8 layers x 7 modules x (A, B)
+    moved = [k for k in start if not torch.equal(start[k], final[k])]
+    assert len(moved) == len(start), f"{len(start) - len(moved)} LoRA tensors did not move"
+
+    # checkpoint: complete, with every part; the adapter loads with plain peft on the tiny base
+    assert {p.name for p in ckpt.iterdir()} == {"COMPLETE", "adapter", "optimizer.pt", "scheduler.pt", "rng.pt",
+                                                "trainer_state.json"}
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["sampler"]["draws"] == 8 and state["judge_cache"]
+    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+        assert torch.load(ckpt / name, weights_only=True)
+    from peft import PeftModel, get_peft_model_state_dict
+
+    from grpo_ao.models import build_tiny_model_and_tokenizer
+
+    plain = PeftModel.from_pretrained(build_tiny_model_and_tokenizer(0)[0], str(ckpt / "adapter"))
+    loaded = get_peft_model_state_dict(plain)
+    assert loaded.keys() == final.keys()
+    for k in final:
+        torch.testing.assert_close(loaded[k], final[k], atol=0, rtol=0)
+
+    # run files
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 2 and Path(summary["adapter"]) == ckpt / "adapter"
+    # window_mean over 2 steps: first 20 % = [0, max(1, round(0.4))) = step 1; last 20 % = [1, 2) = step 2
+    assert summary["reward_first_20pct"] == pytest.approx(records[0][M.REWARD_MEAN], abs=1e-12)
+    assert summary["reward_last_20pct"] == pytest.approx(records[1][M.REWARD_MEAN], abs=1e-12)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    expected = load_config("tiny", [*overrides, f"logging.output_dir={run_dir}", "grpo.max_steps=2"])
+    assert load_config(str(run_dir / "config.yaml")) == expected and saved == to_dict(expected)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["seed"] == 0 and info["config"]["stage"] == "grpo" and "git_commit" in info
+
+
+# --- 2. resume after a kill ----------------------------------------------------------------------
+
+
+class _Killed(KeyboardInterrupt):
+    pass
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run(sft_adapter, tmp_path, monkeypatch):
+    overrides = ["grpo.max_steps=4", "logging.checkpoint_every=2", "logging.samples_every=0"]
+    full = grpo.run(_cfg(sft_adapter, tmp_path / "full", *overrides))
+
+    # the second run dies after step 3 was logged (checkpoint at 2): the kind of kill --resume is for
+    real_build_sinks = grpo.build_sinks
+
+    def dying_sinks(*args, **kwargs):
+        sinks = real_build_sinks(*args, **kwargs)
+        log = sinks.log
+
+        def log_then_die(metrics, step):
+            log(metrics, step)
+            if step == 3:
+                raise _Killed
+
+        sinks.log = log_then_die
+        return sinks
+
+    cfg = _cfg(sft_adapter, tmp_path / "killed", *overrides)
+    monkeypatch.setattr(grpo, "build_sinks", dying_sinks)
+    with pytest.raises(_Killed):
+        grpo.run(cfg)
+    monkeypatch.setattr(grpo, "build_sinks", real_build_sinks)
+    assert grpo.latest_checkpoint(cfg.run_dir).name == "step-000002"
+    resumed = grpo.run(cfg, resume=True)
+
+    assert [r["step"] for r in read_metrics(cfg.run_dir)] == [1, 2, 3, 3, 4]  # step 3 redone
+    a, b = _steps(tmp_path / "full"), _steps(cfg.run_dir)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    keys = [M.REWARD_MEAN, M.REWARD_STD, M.FORMAT_PARSE_RATE, M.CALIB_CONFIDENCE_MEAN, M.ROLLOUT_LEN_MEAN,
+            M.ADV_STD, M.LOSS_POLICY, M.LOSS_TOTAL, M.OPTIM_GRAD_NORM, M.JUDGE_CALLS]
+    assert any(a[s][M.OPTIM_GRAD_NORM] > 0 for s in (3, 4)), "steps 3-4 must train for this test to mean anything"
+    for step in (3, 4):
+        for k in keys:
+            assert b[step][k] == pytest.approx(a[step][k], abs=1e-6, nan_ok=True), (step, k)
+    assert resumed["steps"] == full["steps"] == 4
+    assert resumed["reward_last_20pct"] == pytest.approx(full["reward_last_20pct"], abs=1e-6)
+    final_a, final_b = _adapter(full["adapter"]), _adapter(resumed["adapter"])
+    for k in final_a:
+        torch.testing.assert_close(final_b[k], final_a[k], atol=1e-6, rtol=0)
+
+
+# --- 3. invariances of the update path, on real rollouts -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def setup(sft_adapter, tmp_path_factory):
+    """The SFT'd oracle and one real chunk of B=4 tasks × G=4 rollouts (advantages replaced below)."""
+    cfg = _cfg(sft_adapter, tmp_path_factory.mktemp("update"))
+    torch.manual_seed(0)
+    model, tokenizer = load_oracle(cfg)
+    sampler = task_sampler(cfg.data, tokenizer)
+    judge = build_judge(cfg.judge)
+    chunk = grpo.collect_chunk(cfg, model, tokenizer, sampler, judge, {"rollout": 0.0, "judge": 0.0})
+    assert chunk.rollouts.lengths.min() < chunk.rollouts.lengths.max(), "want completions of different lengths"
+    return cfg, model, tokenizer, chunk
+
+
+def _with(cfg, **grpo_fields):
+    return dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, **grpo_fields))
+
+
+def _chunk(chunk, rewards=None, valid=None, **fields):
+    """A copy of `chunk` with advantages recomputed from `rewards` [N] (default: fixed random ones)."""
+    g = chunk.rollouts.num_generations
+    n = len(chunk.valid)
+    if rewards is None:
+        rewards = torch.rand(n, generator=torch.Generator().manual_seed(0))  # [N]; every group has spread
+    valid = torch.ones(n, dtype=torch.bool) if valid is None else valid
+    adv = group_advantages(rewards.view(-1, g), valid.view(-1, g)).view(-1)  # [N]
+    return dataclasses.replace(chunk, advantages=adv, valid=valid, **fields)
+
+
+def _grads(cfg, model, chunks, num_rollouts=None):
+    """LoRA gradient (flattened) and summed loss stats of one `update` call."""
+    num_rollouts = num_rollouts or sum(len(c.valid) for c in chunks)
+    num_tokens = int(sum(c.rollouts.completion_mask[c.valid].sum() for c in chunks))
+    model.zero_grad(set_to_none=True)
+    model.train()
+    stats = grpo.update(cfg, model, chunks, num_rollouts, num_tokens)
+    model.eval()
+    grad = torch.cat([p.grad.flatten() for p in trainable_parameters(model)])
+    return grad, sum(s.loss for s in stats), len(stats)
+
+
+@pytest.mark.parametrize("loss_type", ["dr_grpo", "grpo", "dapo"])
+def test_update_micro_batch_1_equals_whole_batch(setup, loss_type):
+    cfg, model, _, chunk = setup
+    chunk = _chunk(chunk)
+    g1, loss1, n1 = _grads(_with(cfg, micro_batch_size=1, loss_type=loss_type), model, [chunk])
+    g16, loss16, n16 = _grads(_with(cfg, micro_batch_size=16, loss_type=loss_type), model, [chunk])
+    assert (n1, n16) == (16, 1)  # 16 forwards of one rollout vs one forward of 16
+    assert g16.abs().max() > 1e-3
+    torch.testing.assert_close(g1, g16, atol=1e-6, rtol=1e-5)
+    assert loss1 == pytest.approx(loss16, abs=1e-6)
+
+
+def test_update_accumulating_4_one_prompt_chunks_equals_one_4_prompt_chunk(setup):
+    """Each 1-prompt chunk is rendered and padded on its own (as with prompts_per_step=1,
+    grad_accum_steps=4); the rollouts (ids, vectors) are the same."""
+    cfg, model, tokenizer, chunk = setup
+    chunk = _chunk(chunk)
+    g = chunk.rollouts.num_generations
+    small = []
+    for b, task in enumerate(chunk.tasks):
+        rows = list(range(b * g, (b + 1) * g))
+        alone = build_oracle_inputs(model, tokenizer, [task], cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
+                                    cfg.data.context_format)
+        assert alone.prompt_ids.shape[1] <= chunk.rollouts.prompt_ids.shape[1]
+        r = chunk.rollouts.select(rows)
+        r = dataclasses.replace(r, prompt_ids=alone.prompt_ids.repeat(g, 1), prompt_mask=alone.prompt_mask.repeat(g, 1),
+                                positions=alone.positions * g)
+        small.append(dataclasses.replace(chunk, tasks=[task], rollouts=r, advantages=chunk.advantages[rows],
+                                         valid=chunk.valid[rows]))
+    assert len({c.rollouts.prompt_ids.shape[1] for c in small}) > 1, "want prompts of different lengths"
+    cfg = _with(cfg, loss_type="dr_grpo", micro_batch_size=3)
+    whole, loss_whole, _ = _grads(cfg, model, [chunk])
+    accumulated, loss_acc, _ = _grads(cfg, model, small)
+    torch.testing.assert_close(accumulated, whole, atol=1e-6, rtol=1e-5)
+    assert loss_acc == pytest.approx(loss_whole, abs=1e-6)
+
+
+def test_update_ignores_a_rollout_masked_for_judge_failure(setup):
+    """With beta > 0 a rollout in the loss moves the gradient even at advantage 0 (through the KL),
+    so changing the ids of an included rollout would show."""
+    cfg, model, tokenizer, chunk = setup
+    cfg = _with(cfg, beta=0.5, micro_batch_size=4)
+    n, t = chunk.rollouts.completion_ids.shape
+    ref = chunk.rollouts.completion_mask * -0.7 - 1.0  # [N, T]: any logprobs different from the policy's
+    valid = torch.ones(n, dtype=torch.bool)
+    valid[5] = False  # the judge failed on rollout 5 (group 1)
+    base = _chunk(chunk, valid=valid, ref_logprobs=ref)
+    assert base.advantages[5] == 0
+    other_ids = torch.randint(0, len(tokenizer) - 2, (t,), generator=torch.Generator().manual_seed(1))
+    ids = chunk.rollouts.completion_ids.clone()
+    ids[5] = other_ids
+    mask = chunk.rollouts.completion_mask.clone()
+    mask[5] = 1
+    changed = dataclasses.replace(base, rollouts=dataclasses.replace(chunk.rollouts, completion_ids=ids,
+                                                                     completion_mask=mask))
+    g_base, loss_base, _ = _grads(cfg, model, [base], num_rollouts=n)
+    g_changed, loss_changed, _ = _grads(cfg, model, [changed], num_rollouts=n)
+    assert torch.equal(g_base, g_changed) and loss_base == loss_changed
+    # control: the same change to a valid rollout does move the gradient
+    valid_changed = dataclasses.replace(changed, valid=torch.ones(n, dtype=torch.bool))
+    g_control, _, _ = _grads(cfg, model, [valid_changed], num_rollouts=n)
+    assert not torch.allclose(g_control, g_base, atol=1e-6)
+
+
+def test_update_is_invariant_to_permuting_rollouts_within_a_group(setup):
+    cfg, model, _, chunk = setup
+    cfg = _with(cfg, micro_batch_size=3)  # micro-batches cut across groups, so their members change too
+    rewards = torch.rand(16, generator=torch.Generator().manual_seed(2))
+    g_ref, loss_ref, _ = _grads(cfg, model, [_chunk(chunk, rewards)])
+    perm = torch.tensor([2, 0, 3, 1, 4, 5, 6, 7, 11, 8, 10, 9, 12, 13, 14, 15])  # within groups 0 and 2
+    permuted = dataclasses.replace(chunk, rollouts=chunk.rollouts.select(perm.tolist()))
+    g_perm, loss_perm, _ = _grads(cfg, model, [_chunk(permuted, rewards[perm])])
+    torch.testing.assert_close(g_perm, g_ref, atol=1e-6, rtol=1e-5)
+    assert loss_perm == pytest.approx(loss_ref, abs=1e-6)
+
+
+# --- 4. KL against the frozen starting adapter ---------------------------------------------------
+
+
+def test_kl_reference_adapter_changes_the_gradient_and_stays_frozen(setup, sft_adapter):
+    cfg, model, _, chunk = setup
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    start = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}  # clone: views of the weights
+    model.add_adapter(grpo.REFERENCE_ADAPTER, model.peft_config["default"])
+    try:
+        set_peft_model_state_dict(model, start, adapter_name=grpo.REFERENCE_ADAPTER)
+        model.set_adapter("default")
+        with torch.no_grad():  # the trained adapter has moved away from the reference
+            for name, p in model.named_parameters():
+                if "lora_B.default" in name:
+                    p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+        own = grpo.fixed_logprobs(cfg, model, chunk)  # [N, T]
+        with grpo.reference_adapter(model):
+            ref = grpo.fixed_logprobs(cfg, model, chunk)  # [N, T]
+        m = chunk.rollouts.completion_mask.bool()
+        assert (own - ref)[m].abs().max() > 1e-3
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable and all(".default." in n for n in trainable), "reference adapter must stay frozen"
+
+        kl_chunk = _chunk(chunk, ref_logprobs=ref)
+        g0, _, _ = _grads(_with(cfg, beta=0.0), model, [kl_chunk])
+        g1, _, _ = _grads(_with(cfg, beta=0.1), model, [kl_chunk])
+        assert (g1 - g0).abs().max() > 1e-5
+        ref_weights = {n: p for n, p in model.named_parameters() if f".{grpo.REFERENCE_ADAPTER}." in n}
+        assert ref_weights and all(p.grad is None for p in ref_weights.values())
+        for k, v in get_peft_model_state_dict(model, adapter_name=grpo.REFERENCE_ADAPTER).items():
+            torch.testing.assert_close(v, start[k], atol=0, rtol=0)
+    finally:
+        model.set_adapter("default")
+        model.delete_adapter(grpo.REFERENCE_ADAPTER)
+        set_peft_model_state_dict(model, start)
+        model.zero_grad(set_to_none=True)
+
+
+def test_run_with_beta_logs_kl_and_only_then_changes_the_update(sft_adapter, tmp_path):
+    """Step 1: policy == reference, so k3 = 0 and its gradient 1 − exp(ref − lp) = 0: the step is the
+    beta = 0 step. Step 2 samples the same rollouts (same weights, same RNG) but the policy has moved:
+    KL > 0 and the gradient differs."""
+    runs = {}
+    for beta in (0.0, 0.5):
+        cfg = _cfg(sft_adapter, tmp_path / f"beta{beta}", "grpo.max_steps=2", f"grpo.beta={beta}",
+                   "logging.samples_every=0")
+        grpo.run(cfg)
+        runs[beta] = _steps(cfg.run_dir)
+    off, on = runs[0.0], runs[0.5]
+    assert on[1][M.LOSS_KL] == pytest.approx(0.0, abs=1e-7)
+    assert on[1][M.OPTIM_GRAD_NORM] == pytest.approx(off[1][M.OPTIM_GRAD_NORM], abs=1e-6)
+    assert on[2][M.REWARD_MEAN] == pytest.approx(off[2][M.REWARD_MEAN], abs=1e-9)  # same rollouts
+    assert off[2][M.LOSS_KL] == 0.0 and on[2][M.LOSS_KL] > 1e-4
+    assert abs(on[2][M.OPTIM_GRAD_NORM] - off[2][M.OPTIM_GRAD_NORM]) > 1e-4
+
+
+# --- 5. judge failures through the trainer -------------------------------------------------------
+
+
+def test_judge_failures_are_masked_counted_and_excluded_from_the_loss(sft_adapter, tmp_path, monkeypatch):
+    """Step 1: the judge fails on every item; step 2: on every other item (odd global index)."""
+    calls, rows_in_loss = [], []
+    real_score, real_logprobs = grpo.score_sync, grpo.completion_logprobs
+
+    def flaky_score(judge, items):
+        results = real_score(judge, items)
+        fail = (lambda i: True) if not calls else (lambda i: i % 2 == 1)
+        calls.append(len(items))
+        failed = JudgeResult(None, None, "", False, 0.0, 3, "test: judge unreachable")
+        return [failed if fail(i) else r for i, r in enumerate(results)]
+
+    def counting_logprobs(model, rollouts, *args, **kwargs):
+        rows_in_loss.append(len(rollouts.texts))
+        return real_logprobs(model, rollouts, *args, **kwargs)
+
+    monkeypatch.setattr(grpo, "score_sync", flaky_score)
+    monkeypatch.setattr(grpo, "completion_logprobs", counting_logprobs)
+    cfg = _cfg(sft_adapter, tmp_path / "run", "grpo.max_steps=2", "logging.samples_every=1",
+               "logging.checkpoint_every=1", "logging.keep_last=2", "grpo.micro_batch_size=5")
+    summary = grpo.run(cfg)
+    assert calls == [16, 16] and summary["steps"] == 2
+
+    steps = _steps(cfg.run_dir)
+    assert steps[1][M.JUDGE_MASKED_FRAC] == 1.0 and steps[1][M.REWARD_MEAN] is None  # NaN → null
+    assert steps[1][M.OPTIM_GRAD_NORM] == 0.0 and M.LOSS_POLICY not in steps[1]
+    assert steps[1][M.GROUP_ZERO_STD_FRAC] == 1.0
+    start = _adapter(sft_adapter)
+    after_1 = _adapter(cfg.run_dir / "checkpoints" / "step-000001" / "adapter")
+    assert all(torch.equal(start[k], after_1[k]) for k in start), "an all-masked step must not move the weights"
+
+    assert steps[2][M.JUDGE_MASKED_FRAC] == 0.5
+    assert rows_in_loss == [5, 3]  # step 2's update saw the 8 unmasked rollouts only (micro-batches 5 + 3)
+    comps = [c for s in _samples(cfg.run_dir) if s["step"] == 2 for c in s["completions"]]
+    assert len(comps) == 16
+    for j in range(0, 16, 4):  # each group: members 1 and 3 masked, 0 and 2 kept
+        group = comps[j:j + 4]
+        assert group[1]["reward"] is None and group[3]["reward"] is None
+        assert group[1]["advantage"] == 0 and group[3]["advantage"] == 0
+        mean = (group[0]["reward"] + group[2]["reward"]) / 2  # A = r − mean over the 2 valid members
+        assert group[0]["advantage"] == pytest.approx(round(group[0]["reward"] - mean, 4), abs=1e-9)
+        assert group[2]["advantage"] == pytest.approx(round(group[2]["reward"] - mean, 4), abs=1e-9)
+    kept = [c["reward"] for c in comps if c["reward"] is not None]
+    assert steps[2][M.REWARD_MEAN] == pytest.approx(sum(kept) / 8, abs=1e-6)
