@@ -2,7 +2,8 @@
 
 Behaviour per request: the next mode in `plan` if any, else a seeded random failure if configured, else
 `default`. Prompts containing "ALWAYS500" always get a 500. A normal reply scores N for an answer
-containing "ANS<N>" (else 50), so tests know the right score.
+containing "ANS<N>" (else 50), so tests know the right score. A normal reply to an answer-expansion prompt
+(one asking for a final `Answer: <rewritten answer>` line) is `Answer: ` + `rewrite` filled with the answer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+EXPAND_MARKER = "Answer: <rewritten answer>"
+"""The expander's output-format line; a prompt containing it is answered with a rewrite, not a score."""
+_ANSWER = re.compile(r"<answer>\n(.*?)\n</answer>", re.DOTALL)
 
 MODES = ("normal", "429", "500", "400", "hang", "garbage", "unparseable", "slash100", "score150")
 
@@ -32,6 +37,7 @@ class FakeJudgeServer:
         self.retry_after = "0"
         self.hang_s = 1.0
         self.delay_s = 0.0
+        self.rewrite = "The text is mainly about {answer}, as far as the activations show."
         self.calls = 0
         self.inflight = 0
         self.max_inflight = 0
@@ -88,6 +94,9 @@ class FakeJudgeServer:
             return int(mode), body, {"Retry-After": self.retry_after} if mode == "429" else {}
         if mode == "garbage":
             return 200, b"<html>502 bad gateway, not JSON", {}
+        if mode == "normal" and EXPAND_MARKER in prompt:
+            answer = _ANSWER.findall(prompt)[-1].strip().rstrip(".")
+            return 200, _completion(prompt, "Same claim, fuller.\nAnswer: " + self.rewrite.format(answer=answer)), {}
         match = re.search(r"ANS(\d+)", prompt)
         score = int(match.group(1)) if match else 50
         text = {
@@ -98,12 +107,15 @@ class FakeJudgeServer:
         }[mode]
         if "Correct: yes|no" in prompt and mode == "normal":
             text += f"\nCorrect: {'yes' if score >= 50 else 'no'}"
-        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                 "total_tokens": len(prompt.split()) + len(text.split())}
-        body = {"id": "fake", "object": "chat.completion", "created": 0, "model": "fake-judge", "usage": usage,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": text}}]}
-        return 200, json.dumps(body).encode(), {}
+        return 200, _completion(prompt, text), {}
+
+
+def _completion(prompt: str, text: str) -> bytes:
+    usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
+             "total_tokens": len(prompt.split()) + len(text.split())}
+    body = {"id": "fake", "object": "chat.completion", "created": 0, "model": "fake-judge", "usage": usage,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}
+    return json.dumps(body).encode()
 
 
 def _make_handler(server: FakeJudgeServer) -> type[BaseHTTPRequestHandler]:

@@ -150,10 +150,16 @@ class SftConfig:
     answer_max_new_tokens: int = 48
     """Length cap of the oracle's natural answers used as targets."""
     expand_open_answers: bool = False
-    """Rewrite terse answers to open questions with the hosted judge model (needs network)."""
+    """Rewrite terse answers to open questions into one or two sentences with the hosted judge model
+    (needs judge.kind=openai and network; same client, retries and cache file as the judge). The rewrite
+    keeps the oracle's claims and adds no facts. Rule: `grpo_ao.judge.expand`."""
+    expand_max_words: int = 6
+    """With expand_open_answers: an answer to an open question (reference not Yes/No, question not opening
+    with Is/Are/Does/Do/Did/Was/Were/Can/Could/Will/Would/Has/Have/Should) is terse below this many words."""
 
     def __post_init__(self) -> None:
-        for name in ("num_examples", "heldout_examples", "epochs", "batch_size", "answer_max_new_tokens"):
+        for name in ("num_examples", "heldout_examples", "epochs", "batch_size", "answer_max_new_tokens",
+                     "expand_max_words"):
             _check(getattr(self, name) >= 1, f"sft.{name}={getattr(self, name)} must be >= 1.")
 
 

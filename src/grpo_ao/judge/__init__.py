@@ -3,6 +3,8 @@
 A judge is chosen by `JudgeConfig.kind`: "openai" (OpenAI-compatible API with retries, cache and
 counters), "reference" and "constant" (offline). Every judge implements the `Judge` protocol:
 `await judge.score(items) -> list[JudgeResult]`, which never raises, plus `judge.stats` counters.
+The API machinery (chat.py: dedupe, cache, retries, deadline, counters) also serves the SFT answer
+expander (expand.py), with its own prompt, reply format and cache namespace.
 
 >>> judge = build_judge(JudgeConfig(kind="reference"))
 >>> [r.informativeness for r in score_sync(judge, [JudgeItem("text", "Is it about cats?", "Yes.", "Yes")])]
@@ -11,37 +13,34 @@ counters), "reference" and "constant" (offline). Every judge implements the `Jud
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dotenv import load_dotenv
-
-from grpo_ao.errors import GrpoAoError
+from grpo_ao.judge.chat import ChatCaller, ReplyFormat, read_api_key, run_sync
 from grpo_ao.judge.config import DEFAULT_TEMPLATE, JUDGE_KINDS, JudgeConfig
-from grpo_ao.judge.items import Judge, JudgeItem, JudgeResult, JudgeStats
+from grpo_ao.judge.expand import (
+    AnswerExpander,
+    Expansion,
+    build_expander,
+    expand_terse_open_answers,
+    is_open_question,
+    is_terse_open_answer,
+)
+from grpo_ao.judge.items import Judge, JudgeItem, JudgeResult, JudgeStats, Reply
 from grpo_ao.judge.offline import ConstantJudge, ReferenceJudge
 from grpo_ao.judge.openai_judge import OpenAIJudge
 from grpo_ao.judge.reply import parse_reply, render_prompt
 
 __all__ = [
-    "DEFAULT_TEMPLATE", "ConstantJudge", "Judge", "JudgeConfig", "JudgeItem", "JudgeResult", "JudgeStats",
-    "OpenAIJudge", "ReferenceJudge", "build_judge", "parse_reply", "render_prompt", "score_sync",
+    "DEFAULT_TEMPLATE", "AnswerExpander", "ChatCaller", "ConstantJudge", "Expansion", "Judge", "JudgeConfig",
+    "JudgeItem", "JudgeResult", "JudgeStats", "OpenAIJudge", "ReferenceJudge", "Reply", "ReplyFormat",
+    "build_expander", "build_judge", "expand_terse_open_answers", "is_open_question", "is_terse_open_answer",
+    "parse_reply", "render_prompt", "run_sync", "score_sync",
 ]
 
 
 def _build_openai(cfg: JudgeConfig, cache_path: Path | None) -> Judge:
-    load_dotenv(Path.cwd() / ".env", override=False)  # an exported variable wins over .env
-    api_key = os.environ.get(cfg.api_key_env, "").strip()
-    if not api_key:
-        raise GrpoAoError(
-            f"judge.kind=openai needs an API key, but the environment variable {cfg.api_key_env} is not set. "
-            f"Run `export {cfg.api_key_env}=...`, or put a line `{cfg.api_key_env}=...` in a .env file in "
-            f"{Path.cwd()}, or set judge.kind=reference to run offline."
-        )
-    return OpenAIJudge(cfg, api_key, cache_path)
+    return OpenAIJudge(cfg, read_api_key(cfg, "set judge.kind=reference to run offline"), cache_path)
 
 
 _JUDGES: dict[str, Callable[[JudgeConfig, Path | None], Judge]] = {
@@ -67,9 +66,4 @@ def build_judge(cfg: JudgeConfig, cache_path: str | Path | None = None) -> Judge
 
 def score_sync(judge: Judge, items: Sequence[JudgeItem]) -> list[JudgeResult]:
     """Run `judge.score(items)` from synchronous code; inside a running event loop, in a worker thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(judge.score(items))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, judge.score(items)).result()
+    return run_sync(lambda: judge.score(items))

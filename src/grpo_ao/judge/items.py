@@ -1,11 +1,14 @@
-"""What goes into a judge and what comes out: items, results, counters and the `Judge` protocol."""
+"""What goes into a judge and what comes out: items, results, counters and the `Judge` protocol.
+
+`Reply` is the kind-neutral outcome of one API call (judge or answer expander); `JudgeResult` is a judge's.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from grpo_ao import metrics as m
 
@@ -48,14 +51,48 @@ class JudgeResult:
         """True when the judge produced a score."""
         return self.informativeness is not None
 
+    @classmethod
+    def from_reply(cls, reply: Reply) -> JudgeResult:
+        """The judgement in an API reply whose value is `[informativeness, correct]` (see `as_reply`)."""
+        info, correct = reply.value if reply.ok else (None, None)
+        return cls(info, correct, reply.raw, reply.cached, reply.latency_s, reply.attempts, reply.error)
+
+    def as_reply(self) -> Reply:
+        """This judgement as a `Reply` with value `[informativeness, correct]` (None when failed)."""
+        value = [self.informativeness, self.correct] if self.ok else None
+        return Reply(value, self.raw, self.cached, self.latency_s, self.attempts, self.error)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One item's outcome from a chat API call of any kind: the parsed value, or a failure saying why."""
+
+    value: Any
+    """What the call's `ReplyFormat.parse` read from the reply (JSON-serialisable); None when it failed."""
+    raw: str
+    """The last raw reply ("" when there was none)."""
+    cached: bool
+    """True when served from the persistent cache without an API call."""
+    latency_s: float
+    """Seconds from the start of this item to its result, retries and backoff included."""
+    attempts: int
+    """Requests sent for this item (0 for cache hits and items the deadline cut off before sending)."""
+    error: str | None = None
+    """Why the call failed (never contains the API key); None on success."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the reply had a value."""
+        return self.value is not None
+
 
 @dataclass
 class JudgeStats:
     """Running counters of one judge; the trainer logs `delta(snapshot)` every step.
 
-    Counting unit: a *unique* item is one distinct `JudgeItem` in a `score()` batch (duplicates are judged
-    once). Per batch: unique = cache_hits + successes + failures, and calls = retries + unique items that sent
-    at least one request.
+    Counting unit: a *unique* item is one distinct `JudgeItem` in a `score()` batch (or an answer expander's
+    `ChatCaller.ask()` batch; duplicates are sent once). Per batch: unique = cache_hits + successes + failures,
+    and calls = retries + unique items that sent at least one request.
     """
 
     items: int = 0

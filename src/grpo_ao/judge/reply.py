@@ -42,9 +42,13 @@ def render_prompt(cfg: JudgeConfig, item: JudgeItem) -> str:
     >>> render_prompt(cfg, JudgeItem("{answer}", "q?", "Yes")).splitlines()[0]
     'T={answer} Q=q? A=Yes'
     """
+    return f"{fill_template(cfg.prompt_template, item)}\n\n{cfg.output_format}"
+
+
+def fill_template(template: str, item: JudgeItem) -> str:
+    """Replace {context}, {question} and {answer} in one pass, so an inserted text is never substituted again."""
     values = {"context": item.context, "question": item.question, "answer": item.answer}
-    body = _PLACEHOLDER.sub(lambda m: values[m.group(1)], cfg.prompt_template)
-    return f"{body}\n\n{cfg.output_format}"
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
 def parse_reply(text: str | None, with_correctness: bool = False) -> ParsedReply:

@@ -1,7 +1,8 @@
 """Format SFT: `grpo-ao sft --config CONFIG`. Teaches the `[epistemic status: X] Answer` format.
 
   1. Targets: for each task, read subject activations (adapter off), let the starting oracle answer
-     with injection and *no* system prompt (its natural answer), and store
+     with injection and *no* system prompt (its natural answer), optionally have the hosted judge model
+     expand terse answers to open questions (`sft.expand_open_answers`), and store
      `[epistemic status: X] <answer>` with X uniform in 0..10 (seeded). Activations and targets are
      cached on disk (safetensors + JSONL), so training and re-runs never recompute them.
   2. Parse rate of greedy answers on a held-out slice, before training.
@@ -25,7 +26,9 @@ from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import Task
+from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import format_epistemic_status, left_pad, parse_epistemic_status, render_oracle_prompt
+from grpo_ao.judge import Expansion, JudgeItem, build_expander, expand_terse_open_answers
 from grpo_ao.loss import sft_loss
 from grpo_ao.metrics import build_sinks
 from grpo_ao.recipes.setup import (
@@ -47,11 +50,14 @@ def cache_key(cfg: RunConfig) -> str:
     """Targets depend on the starting oracle, the data draw and the answer length, nothing else."""
     parts = [cfg.model.source, cfg.model.adapter, cfg.model.seed, cfg.seed, to_dict(cfg.data),
              cfg.sft.num_examples, cfg.sft.heldout_examples, cfg.sft.answer_max_new_tokens, cfg.oracle.injection_layer]
+    if cfg.sft.expand_open_answers:  # appended only when on, so existing caches of plain targets stay valid
+        parts += [cfg.sft.expand_max_words, cfg.judge.model]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], cache_dir: Path) -> list[dict]:
-    """Step 1: natural answers (no system prompt) + random tags; cached as targets.jsonl + activations.safetensors."""
+    """Step 1: natural answers (no system prompt), optionally expanded, + random tags; cached as targets.jsonl +
+    activations.safetensors. Each row keeps `natural_answer` and whether its target is `expanded`."""
     targets_path, acts_path = cache_dir / "targets.jsonl", cache_dir / "activations.safetensors"
     if targets_path.exists() and acts_path.exists():
         acts = load_file(str(acts_path))
@@ -60,7 +66,11 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
             row["vector"] = acts[f"v{i}"]
         print(f"SFT: reusing {len(rows)} cached targets from {cache_dir}")
         return rows
+    expander = None
+    if cfg.sft.expand_open_answers:  # before generation, so a missing API key fails fast
+        expander = build_expander(cfg.judge, cfg.judge.cache_path or cfg.run_dir / "judge_cache.sqlite")
     rng = random.Random(cfg.seed)
+    statuses = [rng.randint(0, 10) for _ in tasks]
     rows: list[dict] = []
     batch = cfg.eval.batch_size
     sampling = Sampling(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens, greedy=True)
@@ -73,10 +83,18 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
         for task, layer, vector, text in zip(chunk, inputs.layers, inputs.vectors, rollouts.texts):
             answer = " ".join(text.split()) or FALLBACK_ANSWER
             rows.append({"context": task.context, "question": task.question, "reference": task.reference,
-                         "layer": layer, "k": task.num_positions,
-                         "target": format_epistemic_status(rng.randint(0, 10), answer), "vector": vector})
+                         "layer": layer, "k": task.num_positions, "natural_answer": answer, "vector": vector})
         bar.update(len(chunk))
     bar.close()
+    expansions = [Expansion(r["natural_answer"], False) for r in rows]
+    if expander is not None:
+        items = [JudgeItem(r["context"], r["question"], r["natural_answer"], r["reference"]) for r in rows]
+        expansions = expand_terse_open_answers(expander, items, cfg.sft.expand_max_words)
+        done, failed = sum(e.expanded for e in expansions), sum(e.error is not None for e in expansions)
+        print(f"SFT: expanded {done} of {done + failed} terse answers to open questions" + (
+            f"; {failed} failed and keep the natural answer (delete {cache_dir} to retry)" if failed else ""))
+    for row, status, expansion in zip(rows, statuses, expansions, strict=True):
+        row.update(target=format_epistemic_status(status, expansion.text), expanded=expansion.expanded)
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_file({f"v{i}": r["vector"].contiguous() for i, r in enumerate(rows)}, str(acts_path) + ".tmp")
     targets_path.with_suffix(".tmp").write_text("".join(
@@ -119,6 +137,10 @@ def heldout_parse_rate(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[T
 
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Generate targets, train, and report the held-out parse rate before and after."""
+    if cfg.sft.expand_open_answers and cfg.judge.kind != "openai":  # check before any model work
+        raise GrpoAoError(f"sft.expand_open_answers=true rewrites answers with the hosted judge model, but "
+                          f"judge.kind={cfg.judge.kind}. Set judge.kind=openai (with judge.base_url, judge.model "
+                          "and the API key variable), or turn the option off: sft.expand_open_answers=false.")
     run_dir = start_run(cfg, "sft")
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)

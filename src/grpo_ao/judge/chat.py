@@ -1,0 +1,338 @@
+"""One mechanism for every call to an OpenAI-compatible chat API (OpenRouter by default).
+
+The judge (`openai_judge.py`) and the SFT answer expander (`expand.py`) differ only in their `ReplyFormat`:
+how an item becomes a prompt, how a reply becomes a value, and the cache key. The rest is here. Per `ask()`
+call: 1. dedupe identical items, 2. serve what the SQLite cache has (in the format's namespace), 3. send the
+rest concurrently (semaphore) with our own retries, 4. cache the successes and fan results back out.
+
+We deliberately do NOT use the client's built-in retries (`max_retries=0`): we count every attempt, honour
+Retry-After, retry an unparseable reply once, and stop at a global deadline. We never turn an error into a
+value, and `ask()` never raises: a failed item comes back with `value=None` and a reason.
+The client is created per `ask()` call, because its connection pool is bound to one event loop and
+`run_sync` runs each call in a fresh loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import logging
+import os
+import random
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import openai
+from dotenv import load_dotenv
+
+from grpo_ao.errors import GrpoAoError
+from grpo_ao.judge.cache import JudgeCache
+from grpo_ao.judge.config import JudgeConfig
+from grpo_ao.judge.items import JudgeItem, JudgeStats, Reply, dedupe
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
+T = TypeVar("T")
+
+
+class ReplyFormat(Protocol):
+    """One kind of call: item -> one user message, reply -> value. The value must survive JSON (the cache)."""
+
+    name: str
+    """Cache namespace and log prefix, e.g. "judge"."""
+    on_failure: str
+    """What the caller does with a failed item, for the warning, e.g. "will be masked"."""
+
+    def key(self, item: JudgeItem) -> str:
+        """Cache key: a hash of everything that decides the reply (model, prompt template, item)."""
+        ...
+
+    def prompt(self, item: JudgeItem) -> str:
+        """The user message, strict output format included."""
+        ...
+
+    def parse(self, raw: str) -> tuple[Any, str | None]:
+        """(value, None) for a reply in the strict format, else (None, what is wrong with it)."""
+        ...
+
+
+class _Secret:
+    """Holds the API key so that no repr, str or log line can show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+    __str__ = __repr__
+
+    def reveal(self) -> str:
+        return self._value
+
+
+@dataclass
+class _Progress:
+    """Mutable per-item state, readable even after the deadline cancels the item's task."""
+
+    attempts: int = 0
+    raw: str = ""
+    error: str = "not started before the deadline"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One request's outcome: a parsed value, or an error with whether (and how soon) to retry."""
+
+    value: Any = None
+    error: str | None = None
+    retryable: bool = False
+    bad_reply: bool = False
+    retry_after_s: float | None = None
+
+
+def read_api_key(cfg: JudgeConfig, alternative: str) -> str:
+    """The key from the environment variable named by `cfg.api_key_env` (a ./.env file is loaded first).
+
+    Raises:
+        GrpoAoError: the variable is not set; the message says how to set it, or `alternative`.
+    """
+    load_dotenv(Path.cwd() / ".env", override=False)  # an exported variable wins over .env
+    api_key = os.environ.get(cfg.api_key_env, "").strip()
+    if not api_key:
+        raise GrpoAoError(
+            f"judge.kind=openai needs an API key, but the environment variable {cfg.api_key_env} is not set. "
+            f"Run `export {cfg.api_key_env}=...`, or put a line `{cfg.api_key_env}=...` in a .env file in "
+            f"{Path.cwd()}, or {alternative}."
+        )
+    return api_key
+
+
+def run_sync(make: Callable[[], Awaitable[T]]) -> T:
+    """Await `make()` from synchronous code; inside a running event loop, in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+def backoff_delay(cfg: JudgeConfig, retry: int, retry_after_s: float | None, rng: random.Random) -> float:
+    """Seconds to wait before retry k = `retry` (1-based).
+
+    delay_k = min(backoff_max_s, backoff_base_s·2^(k-1)) · U(0.5, 1)   (jitter spreads synchronized clients)
+    delay   = max(delay_k, min(Retry-After, retry_after_max_s))        (honour the server when it asks)
+    """
+    delay = min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** (retry - 1)) * rng.uniform(0.5, 1.0)
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, cfg.retry_after_max_s))
+    return delay
+
+
+def parse_retry_after(headers: object) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date); None when absent or bad."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    try:
+        if get("retry-after-ms") is not None:
+            return max(0.0, float(get("retry-after-ms")) / 1000.0)
+        value = get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class ChatCaller:
+    """Asks the API about items in one `ReplyFormat`, with dedupe, cache, retries, deadline and counters.
+
+    Endpoint, model, sampling, timeouts, retries, concurrency and prices come from the `JudgeConfig`.
+    """
+
+    def __init__(self, cfg: JudgeConfig, api_key: str, fmt: ReplyFormat,
+                 cache_path: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.fmt = fmt
+        self._api_key = _Secret(api_key)
+        self.cache = JudgeCache(cache_path) if cache_path is not None else None
+        self.stats = JudgeStats(priced=cfg.priced)
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        return (f"ChatCaller({self.fmt.name!r}, model={self.cfg.model!r}, base_url={self.cfg.base_url!r}, "
+                f"api_key_env={self.cfg.api_key_env!r}, cache={self.cache!r})")
+
+    async def ask(self, items: Sequence[JudgeItem]) -> list[Reply]:
+        """One reply per item, in order; never raises (see module docstring for the steps)."""
+        try:
+            return await self._ask(items)
+        except Exception as exc:  # the caller must never see an API exception; this is a bug path
+            log.exception("%s: unexpected error, returning %d items as failed", self.fmt.name, len(items))
+            self.stats.failures += len(set(items))
+            return [Reply(None, "", False, 0.0, 0, f"internal error: {exc!r}") for _ in items]
+
+    async def _ask(self, items: Sequence[JudgeItem]) -> list[Reply]:
+        unique, where = dedupe(items)  # 1.
+        self.stats.items += len(items)
+        self.stats.unique += len(unique)
+        keys = [self.fmt.key(item) for item in unique]
+        hits = self._cache_get(keys)  # 2.
+        replies: list[Reply | None] = [hits.get(key) for key in keys]
+        self.stats.cache_hits += len(hits)
+        todo = [i for i, reply in enumerate(replies) if reply is None]
+        if todo:
+            answered = await self._ask_all([unique[i] for i in todo])  # 3.
+            for i, reply in zip(todo, answered, strict=True):
+                replies[i] = reply
+                if reply.ok:  # 4.
+                    self.stats.successes += 1
+                    self._cache_put(keys[i], reply)
+                else:
+                    self.stats.failures += 1
+            self._warn_failures(answered)
+        return [replies[j] for j in where]
+
+    async def _ask_all(self, items: list[JudgeItem]) -> list[Reply]:
+        """Ask about items concurrently; those unfinished at the global deadline become failures."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        deadline = loop.time() + self.cfg.deadline_s
+        semaphore = asyncio.Semaphore(self.cfg.max_concurrency)
+        progress = [_Progress() for _ in items]
+        client = openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._api_key.reveal(),
+                                    max_retries=0, timeout=self.cfg.timeout_s)
+        async with client:
+            tasks = [asyncio.create_task(self._ask_one(client, semaphore, item, state, deadline))
+                     for item, state in zip(items, progress, strict=True)]
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        elapsed = time.perf_counter() - started
+        replies = []
+        for task, state in zip(tasks, progress, strict=True):
+            if task.cancelled():
+                error = f"deadline_s={self.cfg.deadline_s} passed after {state.attempts} attempts ({state.error})"
+                replies.append(Reply(None, state.raw, False, elapsed, state.attempts, error))
+            elif task.exception() is not None:
+                exc = task.exception()
+                log.error("%s: unexpected error in one item", self.fmt.name, exc_info=exc)
+                replies.append(Reply(None, state.raw, False, elapsed, state.attempts, f"internal error: {exc!r}"))
+            else:
+                replies.append(task.result())
+        return replies
+
+    async def _ask_one(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, item: JudgeItem,
+                       state: _Progress, deadline: float) -> Reply:
+        """Request until a parseable reply, a non-retryable error, the retry budget or the deadline."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        prompt = self.fmt.prompt(item)
+        bad_replies = 0
+        while True:
+            outcome = await self._request(client, semaphore, prompt, state)
+            if outcome.value is not None:
+                return Reply(outcome.value, state.raw, False, time.perf_counter() - started, state.attempts)
+            state.error = outcome.error or "unknown error"
+            bad_replies += outcome.bad_reply
+            if not outcome.retryable or bad_replies > 1 or state.attempts > self.cfg.max_retries:
+                break
+            delay = backoff_delay(self.cfg, state.attempts, outcome.retry_after_s, self._rng)
+            if loop.time() + delay > deadline:
+                state.error += "; the next retry would pass the deadline"
+                break
+            log.debug("%s: attempt %d failed (%s); retrying in %.3f s", self.fmt.name, state.attempts,
+                      state.error, delay)
+            await asyncio.sleep(delay)
+        error = f"{state.error} (after {state.attempts} attempts)"
+        return Reply(None, state.raw, False, time.perf_counter() - started, state.attempts, error)
+
+    async def _request(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, prompt: str,
+                       state: _Progress) -> _Outcome:
+        """Send one request (holding a semaphore slot) and classify what came back."""
+        async with semaphore:
+            state.attempts += 1
+            self.stats.calls += 1
+            self.stats.retries += int(state.attempts > 1)
+            if state.attempts == 1:
+                state.error = "no reply yet"
+            started = time.perf_counter()
+            try:
+                response = await asyncio.wait_for(
+                    client.chat.completions.create(
+                        model=self.cfg.model, messages=[{"role": "user", "content": prompt}],
+                        temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens),
+                    timeout=self.cfg.timeout_s)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                return _Outcome(None, f"HTTP {status}: {str(exc.message)[:200]}",
+                                retryable=status in _RETRY_STATUS or status >= 500,
+                                retry_after_s=parse_retry_after(exc.response.headers))
+            except (openai.APITimeoutError, asyncio.TimeoutError):
+                return _Outcome(None, f"timeout after {self.cfg.timeout_s} s", retryable=True)
+            except openai.APIConnectionError as exc:
+                return _Outcome(None, f"connection error: {exc.message}", retryable=True)
+            except Exception as exc:  # garbage body, schema mismatch: treat like an unparseable reply
+                return _Outcome(None, f"bad response: {type(exc).__name__}: {str(exc)[:200]}",
+                                retryable=True, bad_reply=True)
+            finally:
+                self.stats.latency_sum_s += time.perf_counter() - started
+        self._count_usage(getattr(response, "usage", None))
+        choices = getattr(response, "choices", None)
+        if not choices:
+            return _Outcome(None, "bad response: no choices", retryable=True, bad_reply=True)
+        state.raw = choices[0].message.content or ""
+        value, error = self.fmt.parse(state.raw)
+        if value is None:
+            reason = f"{error} (finish_reason={choices[0].finish_reason})"
+            return _Outcome(None, f"unparseable reply: {reason}", retryable=True, bad_reply=True)
+        return _Outcome(value)
+
+    def _count_usage(self, usage: object) -> None:
+        """Tokens from the API's `usage` field; cost = tokens · price / 1e6 when priced."""
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens
+        if self.cfg.priced:
+            self.stats.cost_usd += (prompt_tokens * self.cfg.price_prompt_per_mtok
+                                    + completion_tokens * self.cfg.price_completion_per_mtok) / 1e6
+
+    def _cache_get(self, keys: list[str]) -> dict[str, Reply]:
+        if self.cache is None or not keys:
+            return {}
+        try:
+            return self.cache.get_replies(self.fmt.name, keys)
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a stored value that is not JSON
+            log.warning("%s: cache read failed (%s); continuing without it", self.fmt.name, exc)
+            return {}
+
+    def _cache_put(self, key: str, reply: Reply) -> None:
+        if self.cache is None:
+            return
+        try:
+            self.cache.put_reply(self.fmt.name, key, reply)
+        except sqlite3.Error as exc:
+            log.warning("%s: cache write failed (%s); the result is used but not stored", self.fmt.name, exc)
+
+    def _warn_failures(self, replies: list[Reply]) -> None:
+        reasons = Counter((r.error or "").split(" (after")[0] for r in replies if not r.ok)
+        if reasons:
+            summary = "; ".join(f"{n}x {reason}" for reason, n in reasons.most_common(3))
+            log.warning("%s: %d of %d requested items failed %s: %s", self.fmt.name, sum(reasons.values()),
+                        len(replies), self.fmt.on_failure, summary)
