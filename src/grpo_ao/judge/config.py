@@ -16,11 +16,7 @@ from grpo_ao.errors import GrpoAoError
 JUDGE_KINDS = ("openai", "reference", "constant")
 """Valid values of `JudgeConfig.kind`; `build_judge` maps each to a class in an explicit dict."""
 
-DEFAULT_TEMPLATE = """\
-You are grading the answer of an *activation oracle*. An activation oracle is a language model that reads \
-another model's hidden states (activations) while that model processes a text. The oracle never sees the \
-text itself: everything it knows about the text it had to read from the activations.
-
+ITEM_BLOCK = """\
 Text the subject model processed:
 <text>
 {context}
@@ -34,7 +30,15 @@ Question asked to the oracle:
 The oracle's answer:
 <answer>
 {answer}
-</answer>
+</answer>"""
+"""The item as every prompt to the hosted model shows it (judge and answer expansion alike)."""
+
+DEFAULT_TEMPLATE = """\
+You are grading the answer of an *activation oracle*. An activation oracle is a language model that reads \
+another model's hidden states (activations) while that model processes a text. The oracle never sees the \
+text itself: everything it knows about the text it had to read from the activations.
+
+""" + ITEM_BLOCK + """
 
 Rate how correct and informative the answer is about the text, from 0 to 100:
 - 0-20: wrong or contradicts the text.

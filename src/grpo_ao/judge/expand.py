@@ -29,7 +29,7 @@ from typing import Any
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.judge.cache import hash_key
 from grpo_ao.judge.chat import ChatCaller, read_api_key, run_sync
-from grpo_ao.judge.config import JudgeConfig
+from grpo_ao.judge.config import ITEM_BLOCK, JudgeConfig
 from grpo_ao.judge.items import JudgeItem
 from grpo_ao.judge.offline import tokens
 from grpo_ao.judge.reply import fill_template
@@ -48,20 +48,7 @@ what the answer refers to. If the oracle says it cannot tell, rewrite that as a 
 cannot tell. Write plain text as the oracle would say it, without mentioning the oracle, the activations \
 or these instructions.
 
-Text the subject model processed:
-<text>
-{context}
-</text>
-
-Question asked to the oracle:
-<question>
-{question}
-</question>
-
-The oracle's answer:
-<answer>
-{answer}
-</answer>"""
+""" + ITEM_BLOCK
 """The expansion prompt (one user message). Placeholders: {context}, {question}, {answer}."""
 
 OUTPUT_FORMAT = ("End your reply with one final line of exactly this form, with the whole rewritten answer "
