@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from grpo_ao import metrics as M
 from grpo_ao.config import load_config, to_dict
+from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import parse_epistemic_status
 from grpo_ao.judge import JudgeResult, build_judge
 from grpo_ao.loss import group_advantages
@@ -411,3 +412,18 @@ def test_judge_failures_are_masked_counted_and_excluded_from_the_loss(sft_adapte
         assert group[2]["advantage"] == pytest.approx(round(group[2]["reward"] - mean, 4), abs=1e-9)
     kept = [c["reward"] for c in comps if c["reward"] is not None]
     assert steps[2][M.REWARD_MEAN] == pytest.approx(sum(kept) / 8, abs=1e-6)
+
+
+def test_a_judge_outage_stops_the_run_with_a_user_error_and_keeps_checkpoints(sft_adapter, tmp_path, monkeypatch,
+                                                                               capsys):
+    """Every judge call failing for max_judge_outage_steps consecutive steps → GrpoAoError, not silent noise."""
+    down = JudgeResult(None, None, "", False, 0.0, 6, "HTTP 401: invalid key")
+    monkeypatch.setattr(grpo, "score_sync", lambda judge, items: [down] * len(items))
+    cfg = _cfg(sft_adapter, tmp_path / "run", "grpo.max_steps=6", "grpo.max_judge_outage_steps=2",
+               "logging.checkpoint_every=1")
+    with pytest.raises(GrpoAoError, match="judge failed for every rollout in 2 consecutive steps"):
+        grpo.run(cfg)
+    out = capsys.readouterr().out
+    assert out.count("the judge failed for 100% of rollouts") == 2 and "HTTP 401: invalid key" in out
+    assert sorted(_steps(cfg.run_dir)) == [1, 2]
+    assert (cfg.run_dir / "checkpoints" / "step-000002" / "COMPLETE").exists()

@@ -115,6 +115,8 @@ class GrpoConfig:
     """Updates per rollout batch; > 1 needs the old-logprob pass and the clipped ratio."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (works with the injection hook)."""
+    max_judge_outage_steps: int = 3
+    """Stop with an error after this many consecutive steps in which every judge call failed (0 = never)."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "prompts_per_step", "grad_accum_steps", "micro_batch_size", "num_iterations"):

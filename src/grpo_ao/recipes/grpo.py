@@ -175,6 +175,22 @@ def step_metrics(chunks: list[Chunk], loss_stats: list, grad_norm: float, lr: fl
     return out
 
 
+def judge_outage(chunks: list[Chunk], metrics: dict, outage: int, limit: int, step: int) -> int:
+    """Be loud about judge failures: warn when over half the rollouts are masked, stop after `limit`
+    consecutive steps with every rollout masked (the oracle would learn nothing, silently)."""
+    masked = metrics[M.JUDGE_MASKED_FRAC]
+    if masked > 0.5:
+        errors = {j.error for c in chunks for j in c.judged if not j.ok}
+        print(f"grpo-ao: warning: step {step}: the judge failed for {masked:.0%} of rollouts; they are masked "
+              f"(not scored). Errors: {'; '.join(sorted(e or '?' for e in errors)[:3])}")
+    outage = outage + 1 if masked == 1.0 else 0
+    if limit and outage >= limit:
+        raise GrpoAoError(f"The judge failed for every rollout in {outage} consecutive steps, so training would "
+                          "learn nothing. Check the API key, base_url, model name and network (see the warnings "
+                          "above), then continue with --resume from the latest checkpoint.")
+    return outage
+
+
 def sample_rows(chunks: list[Chunk]) -> list[dict]:
     rows = []
     for c in chunks:
@@ -205,7 +221,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                                   adapter_name=REFERENCE_ADAPTER)
         model.set_adapter("default")
     sampler = task_sampler(cfg.data, tokenizer)
-    judge = build_judge(cfg.judge, cache_path=cfg.judge.cache_path or run_dir / "judge_cache.sqlite")
+    judge_cache = cfg.judge.cache_path or run_dir / "judge_cache.sqlite"
+    judge = build_judge(cfg.judge, cache_path=judge_cache)
     optimizer, scheduler = optimizer_and_scheduler(model, cfg.grpo.lr, cfg.grpo.weight_decay, cfg.grpo.warmup_steps,
                                                    cfg.grpo.lr_schedule, cfg.grpo.max_steps)
     start = 0
@@ -219,7 +236,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         print(f"Resuming from {ckpt} (step {start}).")
     sinks = build_sinks(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project, cfg.name, to_dict(cfg))
     bar = progress_bar(cfg.grpo.max_steps, "grpo", cfg.logging.progress, initial=start)
-    rewards_seen: list[float] = []
+    outage = 0  # consecutive steps whose every judge call failed
     for step in range(start + 1, cfg.grpo.max_steps + 1):
         timers = {"rollout": 0.0, "judge": 0.0, "update": 0.0}
         judge_before = judge.stats.snapshot()
@@ -247,16 +264,16 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         timers["update"] = time.perf_counter() - t0
         metrics = step_metrics(chunks, loss_stats, grad_norm, lr, judge.stats.delta(judge_before), timers)  # 4.
         sinks.log(metrics, step)
-        rewards_seen.append(metrics[M.REWARD_MEAN])
         if cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
             sinks.log_samples(sample_rows(chunks), step)
         if step % cfg.logging.checkpoint_every == 0 or step == cfg.grpo.max_steps:
             save_checkpoint(run_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
                             trainer_state={"step": step, "sampler": sampler.state_dict(),
-                                           "judge_cache": str(cfg.judge.cache_path or run_dir / "judge_cache.sqlite")},
+                                           "judge_cache": str(judge_cache)},
                             keep_last=cfg.logging.keep_last)
         bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", parse=f"{metrics[M.FORMAT_PARSE_RATE]:.2f}")
         bar.update(1)
+        outage = judge_outage(chunks, metrics, outage, cfg.grpo.max_judge_outage_steps, step)
     bar.close()
     sinks.close()
     final = latest_checkpoint(run_dir)
