@@ -115,3 +115,13 @@ def test_config_show_output_round_trips_through_validate(tmp_path, capsys):
 def test_config_list_names_the_shipped_configs(capsys):
     assert main(["config", "list"]) == 0
     assert capsys.readouterr().out.split() == ["qwen3-8b", "smollm2", "tiny"]
+
+
+def test_correctness_target_with_api_judge_needs_correctness_verdicts():
+    from grpo_ao.config import load_config
+    from grpo_ao.errors import GrpoAoError
+
+    with pytest.raises(GrpoAoError, match="judge.with_correctness=true"):
+        load_config("qwen3-8b", ["reward.target=correctness"])
+    cfg = load_config("qwen3-8b", ["reward.target=correctness", "judge.with_correctness=true"])
+    assert cfg.reward.target == "correctness"
