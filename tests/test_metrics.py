@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo_ao import metrics
+from grpo_ao import metrics, run_info
 from grpo_ao.metrics import (
     ALL_METRICS,
     JsonlSink,
@@ -22,9 +22,8 @@ from grpo_ao.metrics import (
     build_sinks,
     confidence_histogram,
     read_metrics,
-    redact_secrets,
-    write_run_info,
 )
+from grpo_ao.run_info import redact_secrets, write_run_info
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 
@@ -224,6 +223,6 @@ def test_write_run_info_without_git_records_none(tmp_path, monkeypatch):
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
-    monkeypatch.setattr(metrics.subprocess, "run", no_git)
+    monkeypatch.setattr(run_info.subprocess, "run", no_git)
     info = json.loads(write_run_info(tmp_path, {}, seed=0).read_text())
     assert info["git_commit"] is None and info["git_dirty"] is None

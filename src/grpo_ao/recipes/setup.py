@@ -16,8 +16,8 @@ import yaml
 
 from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import DataConfig, TaskSampler, load_examples
-from grpo_ao.metrics import redact_secrets, write_run_info
 from grpo_ao.models import attach_lora, load_model, resolve_device
+from grpo_ao.run_info import redact_secrets, write_run_info
 from grpo_ao.steering import render_context
 
 
