@@ -26,6 +26,7 @@ from grpo_ao.judge import JudgeItem, build_judge, score_sync
 from grpo_ao.loss import group_advantages, policy_loss
 from grpo_ao.metrics import build_sinks, confidence_histogram
 from grpo_ao.recipes.setup import (
+    archive_previous_run,
     load_oracle,
     optimizer_and_scheduler,
     progress_bar,
@@ -210,6 +211,8 @@ def sample_rows(chunks: list[Chunk]) -> list[dict]:
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Train; return the run summary (also written to run_dir/summary.json)."""
     run_dir = start_run(cfg, "grpo")
+    if not resume:
+        archive_previous_run(run_dir)
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
     if cfg.grpo.beta > 0:  # frozen copy of the starting adapter for the KL term

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,23 @@ def start_run(cfg: RunConfig, stage: str) -> Path:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_run_info(run_dir, {"stage": stage, **config}, cfg.seed)
     return run_dir
+
+
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "samples.jsonl", "summary.json", "tensorboard")
+
+
+def archive_previous_run(run_dir: Path) -> Path | None:
+    """Move an earlier run's outputs into run_dir/replaced-<time>/ so a fresh run never mixes with it
+    (its metrics would interleave, its later checkpoints would look newer). Caches stay in place."""
+    found = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if not found:
+        return None
+    target = run_dir / time.strftime("replaced-%Y%m%d-%H%M%S")
+    target.mkdir(parents=True, exist_ok=True)
+    for path in found:
+        path.rename(target / path.name)
+    print(f"{run_dir} held an earlier run; moved its outputs to {target} (use --resume to continue it instead).")
+    return target
 
 
 def load_oracle(cfg: RunConfig, adapter: str | None = None, trainable: bool = True,

@@ -32,6 +32,7 @@ from grpo_ao.judge import Expansion, JudgeItem, build_expander, expand_terse_ope
 from grpo_ao.loss import sft_loss
 from grpo_ao.metrics import build_sinks
 from grpo_ao.recipes.setup import (
+    archive_previous_run,
     load_oracle,
     optimizer_and_scheduler,
     progress_bar,
@@ -142,6 +143,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                           f"judge.kind={cfg.judge.kind}. Set judge.kind=openai (with judge.base_url, judge.model "
                           "and the API key variable), or turn the option off: sft.expand_open_answers=false.")
     run_dir = start_run(cfg, "sft")
+    if not resume:
+        archive_previous_run(run_dir)
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
     sampler = task_sampler(cfg.data, tokenizer)
