@@ -258,7 +258,9 @@ def load_model(cfg: ModelConfig) -> tuple[Any, Any]:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], **kwargs)
+            # load straight onto the target device: an 8B model should not pass through CPU memory first
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], device_map=str(device),
+                                                         **kwargs)
         except OSError as e:
             raise GrpoAoError(
                 f"Could not load model {cfg.source!r}: {e}\nGive a local path, a hub id reachable from "

@@ -97,7 +97,7 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
     for row, status, expansion in zip(rows, statuses, expansions, strict=True):
         row.update(target=format_epistemic_status(status, expansion.text), expanded=expansion.expanded)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    save_file({f"v{i}": r["vector"].contiguous() for i, r in enumerate(rows)}, str(acts_path) + ".tmp")
+    save_file({f"v{i}": r["vector"].cpu().contiguous() for i, r in enumerate(rows)}, str(acts_path) + ".tmp")
     targets_path.with_suffix(".tmp").write_text("".join(
         json.dumps({k: v for k, v in r.items() if k != "vector"}) + "\n" for r in rows))
     Path(str(acts_path) + ".tmp").replace(acts_path)
