@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     _training_args(p)
     p.add_argument("--adapter", action="append", default=[], metavar="PATH",
                    help="adapter to evaluate (repeatable; 'base' = the config's starting adapter)")
+    p = sub.add_parser("bench", help="speed/memory of batched sampling and logprobs vs the naive loop")
+    _training_args(p)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported)")
 
     p = sub.add_parser("config", help="show or validate configs")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -106,6 +109,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from grpo_ao.recipes import evaluate
 
         evaluate.run(_load(args), adapters=args.adapter or None)
+    elif args.command == "bench":
+        from grpo_ao.recipes import bench
+
+        bench.run(_load(args), repeats=args.repeats)
     return 0
 
 
