@@ -11,12 +11,13 @@ import sys
 from typing import Any
 
 
-def _training_args(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
+def _training_args(p: argparse.ArgumentParser, default_config: str | None = None, max_steps: bool = True) -> None:
     p.add_argument("--config", default=default_config, required=default_config is None,
                    help="shipped config name (tiny, smollm2, qwen3-8b) or a YAML path")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.lr=1e-5 sampling.temperature=0.9")
     p.add_argument("--output-dir", help="run directory (default runs/<name>)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (GRPO)")
+    if max_steps:
+        p.add_argument("--max-steps", type=int, help="GRPO optimizer steps")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,17 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     _training_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     p = sub.add_parser("observe", help="roll out without training and print a readable report")
-    _training_args(p)
+    _training_args(p, max_steps=False)
     p.add_argument("--num-examples", type=int, default=4)
     p.add_argument("--num-generations", type=int, default=4)
     p.add_argument("--adapter", help="LoRA adapter to observe (default: the config's)")
     p.add_argument("--no-judge", action="store_true", help="skip the judge (no scores or rewards)")
     p = sub.add_parser("eval", help="calibration evaluation: Brier, ECE, AUROC, reliability diagrams")
-    _training_args(p)
+    _training_args(p, max_steps=False)
     p.add_argument("--adapter", action="append", default=[], metavar="PATH",
                    help="adapter to evaluate (repeatable; 'base' = the config's starting adapter)")
     p = sub.add_parser("bench", help="speed/memory of batched sampling and logprobs vs the naive loop")
-    _training_args(p)
+    _training_args(p, max_steps=False)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported)")
 
     p = sub.add_parser("config", help="show or validate configs")

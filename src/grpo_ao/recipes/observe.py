@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from grpo_ao.config import RunConfig
+from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import parse_epistemic_status
 from grpo_ao.judge import JudgeItem, build_judge, score_sync
 from grpo_ao.recipes.setup import load_oracle, seed_everything, task_sampler
@@ -33,6 +34,8 @@ def histogram_lines(confidences: list[int]) -> list[str]:
 
 def run(cfg: RunConfig, num_examples: int = 4, num_generations: int = 4, adapter: str | None = None,
         use_judge: bool = True) -> dict[str, Any]:
+    if num_examples < 1 or num_generations < 1:
+        raise GrpoAoError(f"--num-examples ({num_examples}) and --num-generations ({num_generations}) must be >= 1.")
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg, adapter=adapter, trainable=False)
     tasks = task_sampler(cfg.data, tokenizer).next_batch(num_examples)  # 1.
