@@ -390,28 +390,40 @@ def test_judge_failures_are_masked_counted_and_excluded_from_the_loss(sft_adapte
                "logging.checkpoint_every=1", "logging.keep_last=2", "grpo.micro_batch_size=5")
     summary = grpo.run(cfg)
     assert calls == [16, 16] and summary["steps"] == 2
-
-    steps = _steps(cfg.run_dir)
-    assert steps[1][M.JUDGE_MASKED_FRAC] == 1.0 and steps[1][M.REWARD_MEAN] is None  # NaN → null
-    assert steps[1][M.OPTIM_GRAD_NORM] == 0.0 and M.LOSS_POLICY not in steps[1]
-    assert steps[1][M.GROUP_ZERO_STD_FRAC] == 1.0
+    steps, samples = _steps(cfg.run_dir), {}
+    for s in _samples(cfg.run_dir):
+        samples.setdefault(s["step"], []).extend(s["completions"])
+    for step, failing in ((1, lambda i: True), (2, lambda i: i % 2 == 1)):
+        comps = samples[step]
+        assert len(comps) == 16
+        # masked = the judge failed on a PARSED answer; a parse failure keeps its penalty either way
+        masked = [failing(i) and c["confidence"] is not None for i, c in enumerate(comps)]
+        assert steps[step][M.JUDGE_MASKED_FRAC] == pytest.approx(sum(masked) / 16, abs=1e-9)
+        for c, m in zip(comps, masked):
+            assert (c["reward"] is None) == m
+            if c["confidence"] is None:
+                assert c["reward"] == -0.5
+            if m:
+                assert c["advantage"] == 0
+        for j in range(0, 16, 4):  # A = r − mean over the valid members of each group
+            kept = [c for c, m in zip(comps[j:j + 4], masked[j:j + 4]) if not m]
+            mean = sum(c["reward"] for c in kept) / max(len(kept), 1)
+            for c in kept:
+                assert c["advantage"] == pytest.approx(round(c["reward"] - mean, 4), abs=1e-9)
+        kept_rewards = [c["reward"] for c, m in zip(comps, masked) if not m]
+        if kept_rewards:
+            assert steps[step][M.REWARD_MEAN] == pytest.approx(sum(kept_rewards) / len(kept_rewards), abs=1e-6)
+    # step 1: every judged answer masked, every kept rollout a parse failure at −0.5 → no gradient
     start = _adapter(sft_adapter)
     after_1 = _adapter(cfg.run_dir / "checkpoints" / "step-000001" / "adapter")
-    assert all(torch.equal(start[k], after_1[k]) for k in start), "an all-masked step must not move the weights"
+    assert all(torch.equal(start[k], after_1[k]) for k in start), "a step without reward spread must not move"
+    valid_1 = sum(c["confidence"] is None for c in samples[1])
+    valid_2 = sum(1 for i, c in enumerate(samples[2]) if not (i % 2 == 1 and c["confidence"] is not None))
 
-    assert steps[2][M.JUDGE_MASKED_FRAC] == 0.5
-    assert rows_in_loss == [5, 3]  # step 2's update saw the 8 unmasked rollouts only (micro-batches 5 + 3)
-    comps = [c for s in _samples(cfg.run_dir) if s["step"] == 2 for c in s["completions"]]
-    assert len(comps) == 16
-    for j in range(0, 16, 4):  # each group: members 1 and 3 masked, 0 and 2 kept
-        group = comps[j:j + 4]
-        assert group[1]["reward"] is None and group[3]["reward"] is None
-        assert group[1]["advantage"] == 0 and group[3]["advantage"] == 0
-        mean = (group[0]["reward"] + group[2]["reward"]) / 2  # A = r − mean over the 2 valid members
-        assert group[0]["advantage"] == pytest.approx(round(group[0]["reward"] - mean, 4), abs=1e-9)
-        assert group[2]["advantage"] == pytest.approx(round(group[2]["reward"] - mean, 4), abs=1e-9)
-    kept = [c["reward"] for c in comps if c["reward"] is not None]
-    assert steps[2][M.REWARD_MEAN] == pytest.approx(sum(kept) / 8, abs=1e-6)
+    def micro(n):  # micro-batches of 5 over the valid rollouts only
+        return [5] * (n // 5) + ([n % 5] if n % 5 else [])
+
+    assert rows_in_loss == micro(valid_1) + micro(valid_2)
 
 
 def test_a_judge_outage_stops_the_run_with_a_user_error_and_keeps_checkpoints(sft_adapter, tmp_path, monkeypatch,

@@ -62,10 +62,11 @@ def test_parse_failure_with_a_judged_answer_is_penalised_not_masked():
     assert (b.total, b.parse_ok, b.judge_ok, b.masked, b.info, b.brier) == (-0.7, False, True, False, 0.8, None)
 
 
-def test_judge_failure_is_masked_with_no_total():
-    bds = group_rewards([8, None], [judged(None), judged(None)], RewardConfig())
-    assert all(b.masked and b.total is None and b.brier is None for b in bds)
-    assert [b.parse_ok for b in bds] == [True, False]
+def test_judge_failure_masks_a_parsed_answer_but_not_the_format_penalty():
+    parsed, unparsed = group_rewards([8, None], [judged(None), judged(None)], RewardConfig())
+    assert parsed.masked and parsed.total is None and parsed.brier is None and parsed.parse_ok
+    # a parse failure's reward needs no judge: the penalty stands even when the judge failed
+    assert not unparsed.masked and unparsed.total == -0.5 and not unparsed.judge_ok and not unparsed.parse_ok
 
 
 def test_diversity_bonus_by_hand():

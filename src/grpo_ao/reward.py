@@ -2,8 +2,8 @@
 
 target = info (default) or the judge's 0/1 `correct` (correctness-target mode, a proper scoring rule on a
 binary outcome; RLCR, https://arxiv.org/abs/2507.16806). A parse failure gets a fixed penalty.
-We deliberately do NOT give a judge failure any score: the rollout is masked (total None), excluded from
-advantages and loss, and counted in judge/masked_frac. Nor do we normalize rewards here; advantages are
+We deliberately do NOT give a judge failure any score: a parsed rollout whose judge call failed is masked
+(total None), excluded from advantages and loss, and counted in judge/masked_frac. Nor do we normalize rewards here; advantages are
 computed by the trainer (Dr. GRPO: no std division).
 """
 
@@ -47,7 +47,7 @@ class RewardConfig:
     lam: float = 1.0
     """λ in r = info − λ·(conf/10 − target)². 0 turns calibration off."""
     parse_failure_reward: float = -0.5
-    """r of a rollout whose "[epistemic status: X]" tag did not parse (judge succeeded). Not masked."""
+    """r of a rollout whose "[epistemic status: X]" tag did not parse, whatever the judge did. Never masked."""
     diversity_bonus: float = 0.0
     """b in bonus = b·(1 − n_c/G): n_c = rollouts in the group with the same confidence c, G = group size
     (all rollouts). Only parsed, judged rollouts get it. 0 (default) turns it off."""
@@ -88,8 +88,8 @@ class RewardBreakdown:
 
     @property
     def masked(self) -> bool:
-        """Excluded from advantages and loss because the judge failed."""
-        return not self.judge_ok
+        """Excluded from advantages and loss: the judge failed on a parsed answer (no reward to give)."""
+        return self.total is None
 
 
 def group_rewards(confidences: Sequence[int | None], judge_results: Sequence[JudgeResult],
@@ -111,15 +111,15 @@ def group_rewards(confidences: Sequence[int | None], judge_results: Sequence[Jud
     for confidence, result in zip(confidences, judge_results, strict=True):
         target = result.informativeness if cfg.target == "informativeness" else result.correct
         judge_ok = result.ok and target is not None
+        if confidence is None:  # the format penalty needs no judge: never let a judge failure mask it
+            out.append(RewardBreakdown(result.informativeness, None, None, 0.0, cfg.parse_failure_reward,
+                                       False, judge_ok))
+            continue
         if not judge_ok:
-            out.append(RewardBreakdown(result.informativeness, confidence, None, 0.0, None,
-                                       confidence is not None, False))
+            out.append(RewardBreakdown(result.informativeness, confidence, None, 0.0, None, True, False))
             continue
         info = result.informativeness
         assert info is not None, "judge_ok implies a score"
-        if confidence is None:
-            out.append(RewardBreakdown(info, None, None, 0.0, cfg.parse_failure_reward, False, True))
-            continue
         _check_confidence(confidence)
         brier = (confidence / 10 - target) ** 2
         bonus = cfg.diversity_bonus * (1 - same[confidence] / group_size)

@@ -176,15 +176,16 @@ def step_metrics(chunks: list[Chunk], loss_stats: list, grad_norm: float, lr: fl
     return out
 
 
-def judge_outage(chunks: list[Chunk], metrics: dict, outage: int, limit: int, step: int) -> int:
-    """Be loud about judge failures: warn when over half the rollouts are masked, stop after `limit`
-    consecutive steps with every rollout masked (the oracle would learn nothing, silently)."""
-    masked = metrics[M.JUDGE_MASKED_FRAC]
-    if masked > 0.5:
-        errors = {j.error for c in chunks for j in c.judged if not j.ok}
-        print(f"grpo-ao: warning: step {step}: the judge failed for {masked:.0%} of rollouts; they are masked "
-              f"(not scored). Errors: {'; '.join(sorted(e or '?' for e in errors)[:3])}")
-    outage = outage + 1 if masked == 1.0 else 0
+def judge_outage(chunks: list[Chunk], outage: int, limit: int, step: int) -> int:
+    """Be loud about judge failures: warn when over half the judge calls failed, stop after `limit`
+    consecutive steps in which all of them failed (the oracle would learn nothing, silently)."""
+    judged = [j for c in chunks for j in c.judged]
+    failed = [j for j in judged if not j.ok]
+    if len(failed) > len(judged) / 2:
+        errors = sorted({j.error or "?" for j in failed})
+        print(f"grpo-ao: warning: step {step}: the judge failed for {len(failed) / len(judged):.0%} of rollouts; "
+              f"parsed ones are masked (not scored). Errors: {'; '.join(errors[:3])}")
+    outage = outage + 1 if len(failed) == len(judged) else 0
     if limit and outage >= limit:
         raise GrpoAoError(f"The judge failed for every rollout in {outage} consecutive steps, so training would "
                           "learn nothing. Check the API key, base_url, model name and network (see the warnings "
@@ -276,7 +277,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                             keep_last=cfg.logging.keep_last)
         bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", parse=f"{metrics[M.FORMAT_PARSE_RATE]:.2f}")
         bar.update(1)
-        outage = judge_outage(chunks, metrics, outage, cfg.grpo.max_judge_outage_steps, step)
+        outage = judge_outage(chunks, outage, cfg.grpo.max_judge_outage_steps, step)
     bar.close()
     sinks.close()
     final = latest_checkpoint(run_dir)
