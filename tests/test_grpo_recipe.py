@@ -201,6 +201,13 @@ def setup(sft_adapter, tmp_path_factory):
     sampler = task_sampler(cfg.data, tokenizer)
     judge = build_judge(cfg.judge)
     chunk = grpo.collect_chunk(cfg, model, tokenizer, sampler, judge, {"rollout": 0.0, "judge": 0.0})
+    if chunk.rollouts.lengths.min() == chunk.rollouts.lengths.max():
+        # the tiny oracle rarely stops by itself; the normaliser tests need completions of different
+        # lengths, so end some early (the loss only sees ids and masks)
+        mask = chunk.rollouts.completion_mask.clone()
+        for row in range(mask.shape[0]):
+            mask[row, mask.shape[1] - row % 5:] = 0
+        chunk = dataclasses.replace(chunk, rollouts=dataclasses.replace(chunk.rollouts, completion_mask=mask))
     assert chunk.rollouts.lengths.min() < chunk.rollouts.lengths.max(), "want completions of different lengths"
     return cfg, model, tokenizer, chunk
 
@@ -439,3 +446,31 @@ def test_a_judge_outage_stops_the_run_with_a_user_error_and_keeps_checkpoints(sf
     assert out.count("the judge failed for 100% of rollouts") == 2 and "HTTP 401: invalid key" in out
     assert sorted(_steps(cfg.run_dir)) == [1, 2]
     assert (cfg.run_dir / "checkpoints" / "step-000002" / "COMPLETE").exists()
+
+
+def test_loss_forward_has_no_dropout_so_the_first_ratio_is_exactly_one(tiny_model, tokenizer):
+    """LoRA dropout must not make the loss forward a different policy from the one that sampled."""
+    from grpo_ao.models import LoraSettings, attach_lora
+    from grpo_ao.rollout import Sampling, completion_logprobs, generate_rollouts
+
+    model = attach_lora(tiny_model, LoraSettings(r=4, dropout=0.5, target_modules=("q_proj", "v_proj")))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained-looking adapter, so dropout would change the output
+    cfg = load_config("tiny")
+    tasks = task_sampler(cfg.data, tokenizer).next_batch(2)
+    inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, "merged")
+    rollouts = generate_rollouts(model, tokenizer, inputs, Sampling(2, max_new_tokens=6))
+    chunk = grpo.Chunk(tasks, rollouts, inputs.layers, [], [], [], torch.zeros(4), torch.ones(4, dtype=torch.bool))
+    old = grpo.fixed_logprobs(dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, micro_batch_size=4)),
+                              model, chunk)
+    mask = rollouts.completion_mask.bool()
+    with grpo.train_without_dropout(model):
+        assert model.training
+        new = completion_logprobs(model, rollouts, cfg.sampling.temperature)
+    torch.testing.assert_close(new.detach()[mask], old[mask], atol=1e-5, rtol=1e-5)
+    model.train()
+    torch.manual_seed(0)
+    with_dropout = completion_logprobs(model, rollouts, cfg.sampling.temperature).detach()
+    assert not torch.allclose(with_dropout[mask], old[mask], atol=1e-3), "control: dropout does change it"

@@ -125,3 +125,28 @@ def test_observe_prints_report(capsys):
     text = capsys.readouterr().out
     assert "=== example 1/2" in text and "=== example 2/2" in text and "parse rate" in text
     assert "histogram of X" in text and len(out["texts"]) == 6
+
+
+def test_a_truncated_natural_answer_gets_no_end_of_turn_token(tokenizer):
+    from grpo_ao.recipes.sft import teacher_forcing_batch
+
+    cfg = load_config("tiny")
+    row = {"question": "What is the topic?", "layer": 4, "k": 1, "target": "[epistemic status: 3] The text is about",
+           "vector": torch.randn(1, 64)}
+    batch = teacher_forcing_batch(cfg, tokenizer, [dict(row), dict(row, truncated=True)])
+    ends = [tokenizer.decode(ids[mask.bool()].tolist()) for ids, mask in zip(batch.completion_ids,
+                                                                              batch.completion_mask)]
+    assert ends[0].endswith("<|im_end|>") and not ends[1].endswith("<|im_end|>")
+    assert ends[1] == row["target"]
+
+
+def test_eval_adapter_labels_are_unique_and_name_the_run_and_step():
+    from grpo_ao.errors import GrpoAoError
+    from grpo_ao.recipes.evaluate import default_label, parse_adapters
+
+    assert default_label("runs/x/grpo/checkpoints/step-000500/adapter") == "grpo-step-000500"
+    assert default_label("my_adapter") == "my_adapter"
+    cfg = load_config("tiny")
+    with pytest.raises(GrpoAoError, match="name more than one adapter"):
+        parse_adapters(cfg, ["org/one", "a=org/two", "a=org/three"])
+    assert parse_adapters(cfg, ["base", "org/one"]) == [("base", None), ("one", "org/one")]

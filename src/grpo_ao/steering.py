@@ -123,7 +123,10 @@ def extract_activations(
     try:
         with subject_mode(model):
             try:
-                model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
+                mask = enc["attention_mask"].to(device)
+                # the position ids generate() uses with left padding, so a row reads the same batched or alone
+                model(input_ids=enc["input_ids"].to(device), attention_mask=mask,
+                      position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0))
             except _StopForward:
                 pass
     finally:

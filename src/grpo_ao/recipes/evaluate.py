@@ -29,9 +29,8 @@ from grpo_ao.judge import JudgeItem, build_judge, score_sync
 from grpo_ao.models import load_model
 from grpo_ao.plots import confidence_histogram, reliability_diagram
 from grpo_ao.recipes.setup import progress_bar, seed_everything, start_run, write_json
-from grpo_ao.reward import calibration_reward
+from grpo_ao.reward import group_rewards
 from grpo_ao.rollout import Sampling, build_oracle_inputs, generate_rollouts
-from grpo_ao.steering import render_context
 
 TABLE_COLUMNS = [
     ("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("mean info", "mean_informativeness"),
@@ -48,8 +47,7 @@ def eval_tasks(cfg: RunConfig, tokenizer: Any) -> list[Task]:
     rng = np.random.Generator(np.random.PCG64(data.seed))
     tasks = []
     for i, ex in enumerate(load_examples(data)):
-        n_tokens = len(tokenizer(render_context(tokenizer, ex.context, data.context_format),
-                                 add_special_tokens=False)["input_ids"])
+        n_tokens = len(tokenizer(ex.context, add_special_tokens=False)["input_ids"])  # the context's own tokens
         for qa in ex.qas:
             if len(tasks) == cfg.eval.num_examples or n_tokens < data.min_positions:
                 break
@@ -78,8 +76,7 @@ def answer_and_score(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Tas
         judged = score_sync(judge, [JudgeItem(t.context, t.question, p.answer, t.reference)
                                     for t, p in zip(chunk, parsed)])
         for t, text, p, j in zip(chunk, texts, parsed, judged):
-            reward = (calibration_reward(j.informativeness, p.confidence, cfg.reward.lam, cfg.reward.parse_failure_reward)
-                      if j.ok else None)
+            reward = group_rewards([p.confidence], [j], cfg.reward)[0].total  # as in training (a group of 1)
             records.append({"family": t.family, "question": t.question, "reference": t.reference,
                             "layer_percent": t.layer_percent, "k": t.num_positions, "completion": text,
                             "parse_ok": p.ok, "confidence": p.confidence, "answer": p.answer,
@@ -115,6 +112,14 @@ def family_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def default_label(path: str) -> str:
+    """`runs/x/grpo/checkpoints/step-000500/adapter` → `grpo-step-000500`; otherwise the directory name."""
+    parts = Path(path).parts
+    if len(parts) >= 4 and parts[-1] == "adapter" and parts[-3] == "checkpoints":
+        return f"{parts[-4]}-{parts[-2]}"
+    return Path(path).name
+
+
 def parse_adapters(cfg: RunConfig, adapters: list[str] | None) -> list[tuple[str, str | None]]:
     """`label=path`, a path, or `base` (the config's starting adapter; None = the bare base model)."""
     out = []
@@ -126,7 +131,15 @@ def parse_adapters(cfg: RunConfig, adapters: list[str] | None) -> list[tuple[str
         if not Path(path).exists() and not re.fullmatch(r"\w[\w.-]*/[\w.-]+", path):
             raise GrpoAoError(f"--adapter {path!r}: no such directory. Give a LoRA adapter directory, a hub id "
                               "(org/name) or 'base'.")
-        out.append((label or Path(path).name, path))
+        out.append((label or default_label(path), path))
+    labels = [label for label, _ in out]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise GrpoAoError(f"--adapter: the label(s) {duplicates} name more than one adapter; name each one, "
+                          "e.g. --adapter sft=PATH --adapter grpo=PATH.")
+    bad = [x for x in labels if not re.fullmatch(r"[\w.-]+", x)]
+    if bad:
+        raise GrpoAoError(f"--adapter: labels {bad} must be letters, digits, '.', '_' or '-' (they name files).")
     return out
 
 

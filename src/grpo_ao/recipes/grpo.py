@@ -97,6 +97,21 @@ def reference_adapter(model: Any):
         model.set_adapter("default")
 
 
+@contextlib.contextmanager
+def train_without_dropout(model: Any):
+    """Train mode (so gradient checkpointing stays active) with every dropout module off: the loss forward
+    then computes the policy the rollouts were sampled from (eval mode), so the ratio is exactly 1 and the
+    KL exactly 0 before the first update, also with LoRA dropout configured."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    try:
+        yield
+    finally:
+        model.eval()
+
+
 def fixed_logprobs(cfg: RunConfig, model: Any, chunk: Chunk) -> torch.Tensor:
     """Logprobs without gradient, in eval mode, micro-batched (old policy or reference)."""
     was_training = model.training
@@ -253,18 +268,18 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             if cfg.grpo.beta > 0:
                 with reference_adapter(model):
                     chunk.ref_logprobs = fixed_logprobs(cfg, model, chunk)
-        num_rollouts = sum(len(c.valid) for c in chunks)
+        # normalisers count the rollouts that enter the loss: judge-masked ones are excluded, not diluting
+        num_rollouts = max(1, sum(int(c.valid.sum()) for c in chunks))
         num_tokens = int(sum(c.rollouts.completion_mask[c.valid].sum() for c in chunks))
-        model.train()
         loss_stats, grad_norm = [], 0.0
-        for _ in range(cfg.grpo.num_iterations):  # 3.
-            optimizer.zero_grad(set_to_none=True)
-            loss_stats = update(cfg, model, chunks, num_rollouts, num_tokens)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.grpo.max_grad_norm))
-            optimizer.step()
+        with train_without_dropout(model):
+            for _ in range(cfg.grpo.num_iterations):  # 3.
+                optimizer.zero_grad(set_to_none=True)
+                loss_stats = update(cfg, model, chunks, num_rollouts, num_tokens)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.grpo.max_grad_norm))
+                optimizer.step()
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
-        model.eval()
         timers["update"] = time.perf_counter() - t0
         metrics = step_metrics(chunks, loss_stats, grad_norm, lr, judge.stats.delta(judge_before), timers)  # 4.
         sinks.log(metrics, step)

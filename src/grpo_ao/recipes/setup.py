@@ -19,7 +19,6 @@ from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import DataConfig, TaskSampler, load_examples
 from grpo_ao.models import attach_lora, load_model, resolve_device
 from grpo_ao.run_info import redact_secrets, write_run_info
-from grpo_ao.steering import render_context
 
 
 def seed_everything(seed: int) -> None:
@@ -72,9 +71,8 @@ def task_sampler(data_cfg: DataConfig, tokenizer: Any) -> TaskSampler:
     """Seeded task stream; contexts shorter than K subject tokens are capped or skipped, never a crash."""
     examples = load_examples(data_cfg)
 
-    def count_tokens(text: str) -> int:
-        return len(tokenizer(render_context(tokenizer, text, data_cfg.context_format),
-                             add_special_tokens=False)["input_ids"])
+    def count_tokens(text: str) -> int:  # the context's own tokens: K must never reach into the chat header
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     return TaskSampler(examples, data_cfg, count_tokens=count_tokens)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,22 @@ from grpo_ao.rollout import Rollouts, Sampling, build_oracle_inputs, completion_
 FALLBACK_ANSWER = "I can't answer this question given these activations."
 
 
+def whole_sentences(text: str) -> str | None:
+    """`text` up to its last sentence end (. ! ?), or None when it has none.
+
+    >>> whole_sentences("It is about sports. The team won the")
+    'It is about sports.'
+    """
+    match = re.match(r".*[.!?](?=\s|$)", text, flags=re.DOTALL)
+    return match.group(0) if match else None
+
+
 def cache_key(cfg: RunConfig) -> str:
     """Targets depend on the starting oracle, the data draw and the answer length, nothing else."""
     parts = [cfg.model.source, cfg.model.adapter, cfg.model.seed, cfg.seed, to_dict(cfg.data),
              cfg.sft.num_examples, cfg.sft.heldout_examples, cfg.sft.answer_max_new_tokens, cfg.oracle.injection_layer]
+    if cfg.oracle.steering_coef != 1.0 or cfg.model.dtype != "float32":  # only when set, so old caches stay valid
+        parts += [cfg.oracle.steering_coef, cfg.model.dtype]
     if cfg.sft.expand_open_answers:  # appended only when on, so existing caches of plain targets stay valid
         parts += [cfg.sft.expand_max_words, cfg.judge.model]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -81,10 +94,15 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
         inputs = build_oracle_inputs(model, tokenizer, chunk, None, "none", cfg.data.context_format)
         rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
                                      cfg.oracle.steering_coef)
-        for task, layer, vector, text in zip(chunk, inputs.layers, inputs.vectors, rollouts.texts):
-            answer = " ".join(text.split()) or FALLBACK_ANSWER
+        for task, layer, vector, text, cut in zip(chunk, inputs.layers, inputs.vectors, rollouts.texts,
+                                                  rollouts.truncated.tolist()):
+            parsed = parse_epistemic_status(text)  # an oracle that already tags its answers: keep one tag
+            answer = " ".join((parsed.answer if parsed.ok else text).split()) or FALLBACK_ANSWER
+            if cut and (whole := whole_sentences(answer)):  # cut mid-answer: keep the complete sentences
+                answer, cut = whole, False
             rows.append({"context": task.context, "question": task.question, "reference": task.reference,
-                         "layer": layer, "k": task.num_positions, "natural_answer": answer, "vector": vector})
+                         "layer": layer, "k": task.num_positions, "natural_answer": answer, "truncated": cut,
+                         "vector": vector})
         bar.update(len(chunk))
     bar.close()
     expansions = [Expansion(r["natural_answer"], False) for r in rows]
@@ -95,7 +113,8 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
         print(f"SFT: expanded {done} of {done + failed} terse answers to open questions" + (
             f"; {failed} failed and keep the natural answer (delete {cache_dir} to retry)" if failed else ""))
     for row, status, expansion in zip(rows, statuses, expansions, strict=True):
-        row.update(target=format_epistemic_status(status, expansion.text), expanded=expansion.expanded)
+        row.update(target=format_epistemic_status(status, expansion.text), expanded=expansion.expanded,
+                   truncated=row["truncated"] and not expansion.expanded)
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_file({f"v{i}": r["vector"].cpu().contiguous() for i, r in enumerate(rows)}, str(acts_path) + ".tmp")
     targets_path.with_suffix(".tmp").write_text("".join(
@@ -106,12 +125,18 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
 
 
 def teacher_forcing_batch(cfg: RunConfig, tokenizer: Any, rows: list[dict]) -> Rollouts:
-    """Prompt (GRPO's layout, with system prompt) + target tokens + end-of-turn, as a Rollouts batch."""
+    """Prompt (GRPO's layout, with system prompt) + target tokens + end-of-turn, as a Rollouts batch.
+
+    A natural answer cut at `sft.answer_max_new_tokens` is trimmed to its complete sentences (then it ends
+    like any answer); one without a sentence end keeps `truncated` and gets no end-of-turn token: the
+    oracle must not learn to stop mid-sentence.
+    """
     prompts = [render_oracle_prompt(tokenizer, r["question"], r["layer"], r["k"], cfg.oracle.prompt_text,
                                     mode=cfg.oracle.system_prompt_mode) for r in rows]
     prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
     eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    targets = [tokenizer(r["target"], add_special_tokens=False)["input_ids"] + [eot] for r in rows]
+    targets = [tokenizer(r["target"], add_special_tokens=False)["input_ids"] + ([] if r.get("truncated") else [eot])
+               for r in rows]
     width = max(len(t) for t in targets)
     completion_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # [N, T]
     completion_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [N, T]
