@@ -10,7 +10,7 @@ import torch
 from grpo_ao.config import load_config
 from grpo_ao.recipes import bench
 from grpo_ao.recipes.setup import load_oracle, seed_everything, task_sampler, trainable_parameters
-from grpo_ao.rollout import Sampling, build_oracle_inputs, generate_rollouts
+from grpo_ao.rollout import SamplingConfig, build_oracle_inputs, generate_rollouts
 
 SMALL = ["grpo.prompts_per_step=2", "sampling.num_generations=2", "sampling.max_new_tokens=6",
          "grpo.micro_batch_size=3", "logging.progress=false"]
@@ -45,7 +45,7 @@ def test_batched_and_naive_logprob_passes_agree(tmp_path):
     model, tokenizer = load_oracle(cfg)
     tasks = task_sampler(cfg.data, tokenizer).next_batch(cfg.grpo.prompts_per_step)
     inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode)
-    rollouts = generate_rollouts(model, tokenizer, inputs, Sampling(2, max_new_tokens=6))
+    rollouts = generate_rollouts(model, tokenizer, inputs, SamplingConfig(2, max_new_tokens=6))
     assert (inputs.prompt_mask == 0).any(), "the prompts should differ in length so padding is exercised"
     model.train()
     params = trainable_parameters(model)
@@ -69,6 +69,6 @@ def test_naive_sampling_makes_one_row_per_prompt_and_generation(tmp_path):
     model, tokenizer = load_oracle(cfg, trainable=False)
     tasks = task_sampler(cfg.data, tokenizer).next_batch(2)
     inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode)
-    rows = bench.naive_rollouts(model, tokenizer, inputs, Sampling(3, max_new_tokens=4))
+    rows = bench.naive_rollouts(model, tokenizer, inputs, SamplingConfig(3, max_new_tokens=4))
     assert len(rows) == 2 * 3
     assert all(r.prompt_ids.shape[0] == 1 and bool(r.prompt_mask.all()) for r in rows), "naive rows are unpadded"

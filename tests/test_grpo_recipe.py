@@ -451,7 +451,7 @@ def test_a_judge_outage_stops_the_run_with_a_user_error_and_keeps_checkpoints(sf
 def test_loss_forward_has_no_dropout_so_the_first_ratio_is_exactly_one(tiny_model, tokenizer):
     """LoRA dropout must not make the loss forward a different policy from the one that sampled."""
     from grpo_ao.models import LoraSettings, attach_lora
-    from grpo_ao.rollout import Sampling, completion_logprobs, generate_rollouts
+    from grpo_ao.rollout import SamplingConfig, completion_logprobs, generate_rollouts
 
     model = attach_lora(tiny_model, LoraSettings(r=4, dropout=0.5, target_modules=("q_proj", "v_proj")))
     with torch.no_grad():
@@ -461,7 +461,7 @@ def test_loss_forward_has_no_dropout_so_the_first_ratio_is_exactly_one(tiny_mode
     cfg = load_config("tiny")
     tasks = task_sampler(cfg.data, tokenizer).next_batch(2)
     inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, "merged")
-    rollouts = generate_rollouts(model, tokenizer, inputs, Sampling(2, max_new_tokens=6))
+    rollouts = generate_rollouts(model, tokenizer, inputs, SamplingConfig(2, max_new_tokens=6))
     chunk = grpo.Chunk(tasks, rollouts, inputs.layers, [], [], [], torch.zeros(4), torch.ones(4, dtype=torch.bool))
     old = grpo.fixed_logprobs(dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, micro_batch_size=4)),
                               model, chunk)

@@ -8,7 +8,7 @@ import torch
 from grpo_ao.format import ORACLE_SYSTEM_PROMPT
 from grpo_ao.models import LoraSettings, attach_lora
 from grpo_ao.rollout import (
-    Sampling,
+    SamplingConfig,
     build_oracle_inputs,
     completion_logprobs,
     completion_mask_for,
@@ -43,7 +43,7 @@ def test_rollouts_shapes_groups_and_truncation(tiny):
     assert inputs.layers == [4, 2]
     assert [v.shape[0] for v in inputs.vectors] == [2, 4]
     torch.manual_seed(0)
-    ro = generate_rollouts(model, tok, inputs, Sampling(num_generations=3, max_new_tokens=5))
+    ro = generate_rollouts(model, tok, inputs, SamplingConfig(num_generations=3, max_new_tokens=5))
     assert ro.completion_ids.shape == (6, 5) and len(ro.texts) == 6
     assert torch.equal(ro.prompt_ids[0], ro.prompt_ids[2]) and ro.positions[3] == inputs.positions[1]
     eos = end_of_turn_ids(model, tok)
@@ -62,7 +62,7 @@ def test_sampling_runs_in_eval_mode_and_restores_training(tiny_model, tokenizer)
     modes = []
     h = model.get_base_model().model.layers[0].register_forward_hook(lambda m, a, o: modes.append(m.training))
     inputs = build_oracle_inputs(model, tokenizer, TASKS, None, "none")
-    generate_rollouts(model, tokenizer, inputs, Sampling(num_generations=2, max_new_tokens=3))
+    generate_rollouts(model, tokenizer, inputs, SamplingConfig(num_generations=2, max_new_tokens=3))
     h.remove()
     assert modes and not any(modes)
     assert model.training

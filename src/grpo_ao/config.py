@@ -24,6 +24,7 @@ from grpo_ao.format import ORACLE_SYSTEM_PROMPT, SYSTEM_PROMPT_MODES
 from grpo_ao.judge import JudgeConfig
 from grpo_ao.models import LoraSettings, ModelConfig
 from grpo_ao.reward import RewardConfig
+from grpo_ao.rollout import SamplingConfig
 
 
 def _check(ok: bool, message: str) -> None:
@@ -55,28 +56,6 @@ class OracleConfig:
         if self.system_prompt == "none" or self.system_prompt_mode == "none":
             return None
         return ORACLE_SYSTEM_PROMPT if self.system_prompt == "epistemic" else self.system_prompt
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Rollout sampling; every parameter explicit. Logprobs for the loss use the same temperature."""
-
-    num_generations: int = 8
-    """G, completions per prompt."""
-    temperature: float = 1.0
-    """Sampling temperature (> 0)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass; 1.0 turns it off."""
-    top_k: int = 0
-    """Top-k sampling; 0 turns it off."""
-    max_new_tokens: int = 64
-    """Completion length cap; also the constant in the Dr. GRPO normaliser."""
-
-    def __post_init__(self) -> None:
-        _check(self.num_generations >= 1, f"sampling.num_generations={self.num_generations} must be >= 1.")
-        _check(self.temperature > 0, f"sampling.temperature={self.temperature} must be > 0 (use a small value, not 0).")
-        _check(0 < self.top_p <= 1, f"sampling.top_p={self.top_p} must be in (0, 1].")
-        _check(self.max_new_tokens >= 1, f"sampling.max_new_tokens={self.max_new_tokens} must be >= 1.")
 
 
 @dataclass(frozen=True)

@@ -20,21 +20,39 @@ from typing import Any
 
 import torch
 
+from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import left_pad, render_oracle_prompt
 from grpo_ao.models import num_layers
 from grpo_ao.steering import extract_activations, inject, layer_for_percent
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Generation settings for one call (the recipes build it from their config)."""
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise GrpoAoError(message)
 
-    num_generations: int = 1
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Rollout sampling; every parameter explicit. Logprobs for the loss use the same temperature."""
+
+    num_generations: int = 8
+    """G, completions per prompt."""
     temperature: float = 1.0
+    """Sampling temperature (> 0)."""
     top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 turns it off."""
     top_k: int = 0
+    """Top-k sampling; 0 turns it off."""
     max_new_tokens: int = 64
+    """Completion length cap; also the constant in the Dr. GRPO normaliser."""
     greedy: bool = False
+    """Greedy decoding instead of sampling (eval, SFT targets); temperature, top_p and top_k are then unused."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_generations >= 1, f"sampling.num_generations={self.num_generations} must be >= 1.")
+        _require(self.temperature > 0, f"sampling.temperature={self.temperature} must be > 0 (use a small value, not 0).")
+        _require(0 < self.top_p <= 1, f"sampling.top_p={self.top_p} must be in (0, 1].")
+        _require(self.max_new_tokens >= 1, f"sampling.max_new_tokens={self.max_new_tokens} must be >= 1.")
 
 
 @dataclass(frozen=True)
@@ -120,7 +138,7 @@ def completion_mask_for(completion_ids: torch.Tensor, eos_ids: Sequence[int]) ->
     return mask, truncated
 
 
-def generate_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: Sampling,
+def generate_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: SamplingConfig,
                       injection_layer: int = 1, coef: float = 1.0) -> Rollouts:
     """Steps 3–4: G completions per prompt, sampled with injection in eval mode."""
     g = sampling.num_generations

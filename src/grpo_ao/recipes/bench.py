@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from grpo_ao.recipes.setup import load_oracle, seed_everything, start_run, task_
 from grpo_ao.rollout import (
     OracleInputs,
     Rollouts,
-    Sampling,
+    SamplingConfig,
     build_oracle_inputs,
     completion_logprobs,
     generate_rollouts,
@@ -55,10 +56,10 @@ def _unpadded_rollout(rollouts: Rollouts, i: int) -> Rollouts:
                     one.truncated, one.texts, one.num_generations)
 
 
-def naive_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: Sampling,
+def naive_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: SamplingConfig,
                    injection_layer: int = 1, coef: float = 1.0) -> list[Rollouts]:
     """The naive loop: B·G generate calls of batch size 1, each with the same injection."""
-    one = Sampling(1, sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_new_tokens, sampling.greedy)
+    one = replace(sampling, num_generations=1)
     return [generate_rollouts(model, tokenizer, _unpadded_inputs(inputs, b), one, injection_layer, coef)
             for b in range(len(inputs.positions)) for _ in range(sampling.num_generations)]
 
@@ -157,7 +158,7 @@ def run(cfg: RunConfig, repeats: int = 3) -> dict[str, Any]:
     inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
                                  cfg.data.context_format)
     s, o = cfg.sampling, cfg.oracle
-    sampling = Sampling(s.num_generations, s.temperature, s.top_p, s.top_k, s.max_new_tokens)
+    sampling = s
 
     # 1. sampling
     naive_s, naive_out = measure(lambda: naive_rollouts(model, tokenizer, inputs, sampling, o.injection_layer,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from grpo_ao.models import load_model
 from grpo_ao.plots import confidence_histogram, reliability_diagram
 from grpo_ao.recipes.setup import progress_bar, seed_everything, start_run, write_json
 from grpo_ao.reward import group_rewards
-from grpo_ao.rollout import Sampling, build_oracle_inputs, generate_rollouts
+from grpo_ao.rollout import build_oracle_inputs, generate_rollouts
 
 TABLE_COLUMNS = [
     ("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("mean info", "mean_informativeness"),
@@ -62,8 +63,7 @@ def eval_tasks(cfg: RunConfig, tokenizer: Any) -> list[Task]:
 def answer_and_score(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], judge: Any,
                      label: str) -> list[dict]:
     """Step 2: one record per task (parse, judge, correctness, reward)."""
-    s = cfg.sampling
-    sampling = Sampling(1, s.temperature, s.top_p, s.top_k, cfg.eval.max_new_tokens, greedy=cfg.eval.greedy)
+    sampling = replace(cfg.sampling, num_generations=1, max_new_tokens=cfg.eval.max_new_tokens, greedy=cfg.eval.greedy)
     records = []
     bar = progress_bar(len(tasks), f"eval {label}", cfg.logging.progress)
     for start in range(0, len(tasks), cfg.eval.batch_size):

@@ -38,7 +38,7 @@ from grpo_ao.recipes.setup import (
     write_json,
 )
 from grpo_ao.reward import aggregate_breakdowns, group_rewards
-from grpo_ao.rollout import Rollouts, Sampling, build_oracle_inputs, completion_logprobs, generate_rollouts
+from grpo_ao.rollout import Rollouts, build_oracle_inputs, completion_logprobs, generate_rollouts
 
 REFERENCE_ADAPTER = "reference"
 
@@ -65,12 +65,11 @@ def collect_chunk(cfg: RunConfig, model: Any, tokenizer: Any, sampler: Any, judg
     tasks = sampler.next_batch(cfg.grpo.prompts_per_step)
     inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
                                  cfg.data.context_format)
-    s = cfg.sampling
-    sampling = Sampling(s.num_generations, s.temperature, s.top_p, s.top_k, s.max_new_tokens)
-    rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer, cfg.oracle.steering_coef)
+    rollouts = generate_rollouts(model, tokenizer, inputs, cfg.sampling, cfg.oracle.injection_layer,
+                                 cfg.oracle.steering_coef)
     parsed = [parse_epistemic_status(text) for text in rollouts.texts]
     t1 = time.perf_counter()
-    g = s.num_generations
+    g = cfg.sampling.num_generations
     items = [JudgeItem(tasks[i // g].context, tasks[i // g].question, p.answer, tasks[i // g].reference)
              for i, p in enumerate(parsed)]
     judged = score_sync(judge, items)

@@ -18,7 +18,7 @@ from grpo_ao.format import parse_epistemic_status
 from grpo_ao.judge import JudgeItem, build_judge, score_sync
 from grpo_ao.recipes.setup import load_oracle, seed_everything, task_sampler
 from grpo_ao.reward import group_rewards
-from grpo_ao.rollout import Sampling, build_oracle_inputs, generate_rollouts
+from grpo_ao.rollout import build_oracle_inputs, generate_rollouts
 
 
 def _range(values: list[float]) -> str:
@@ -39,8 +39,7 @@ def run(cfg: RunConfig, num_examples: int = 4, num_generations: int = 4, adapter
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg, adapter=adapter, trainable=False)
     tasks = task_sampler(cfg.data, tokenizer).next_batch(num_examples)  # 1.
-    s = cfg.sampling
-    sampling = Sampling(num_generations, s.temperature, s.top_p, s.top_k, s.max_new_tokens)
+    sampling = replace(cfg.sampling, num_generations=num_generations)
     inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
                                  cfg.data.context_format)
     rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
@@ -51,7 +50,7 @@ def run(cfg: RunConfig, num_examples: int = 4, num_generations: int = 4, adapter
     if use_judge:
         cache = cfg.judge.cache_path or cfg.run_dir / "judge_cache.sqlite"
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        judge = build_judge(replace(cfg.judge), cache_path=cache)
+        judge = build_judge(cfg.judge, cache_path=cache)
         judged = score_sync(judge, [JudgeItem(tasks[i // g].context, tasks[i // g].question, p.answer,
                                               tasks[i // g].reference) for i, p in enumerate(parsed)])
         breakdowns = [bd for b in range(len(tasks))

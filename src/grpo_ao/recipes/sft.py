@@ -43,7 +43,13 @@ from grpo_ao.recipes.setup import (
     trainable_parameters,
     write_json,
 )
-from grpo_ao.rollout import Rollouts, Sampling, build_oracle_inputs, completion_logprobs, generate_rollouts
+from grpo_ao.rollout import (
+    Rollouts,
+    SamplingConfig,
+    build_oracle_inputs,
+    completion_logprobs,
+    generate_rollouts,
+)
 
 FALLBACK_ANSWER = "I can't answer this question given these activations."
 
@@ -87,7 +93,7 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
     statuses = [rng.randint(0, 10) for _ in tasks]
     rows: list[dict] = []
     batch = cfg.eval.batch_size
-    sampling = Sampling(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens, greedy=True)
+    sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens, greedy=True)
     bar = progress_bar(len(tasks), "sft targets", cfg.logging.progress)
     for start in range(0, len(tasks), batch):
         chunk = tasks[start:start + batch]
@@ -149,7 +155,7 @@ def teacher_forcing_batch(cfg: RunConfig, tokenizer: Any, rows: list[dict]) -> R
 
 def heldout_parse_rate(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task]) -> float:
     """Share of greedy answers (with the system prompt) that parse as `[epistemic status: X] ...`."""
-    sampling = Sampling(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens + 12, greedy=True)
+    sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens + 12, greedy=True)
     ok = 0
     for start in range(0, len(tasks), cfg.eval.batch_size):
         chunk = tasks[start:start + cfg.eval.batch_size]
