@@ -221,6 +221,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in ("sft", "grpo", "eval")]
         _check(not bad, f"stages={list(self.stages)} has unknown stages {bad}; use sft, grpo, eval.")
+        _check(not self.sampling.greedy, "sampling.greedy=true would make the G rollouts of a prompt identical "
+               "(no reward spread, no gradient); GRPO needs sampling. Use eval.greedy for greedy evaluation.")
         _check(not (self.reward.target == "correctness" and self.judge.kind == "openai"
                     and not self.judge.with_correctness),
                "reward.target=correctness needs the judge's correct/incorrect verdict: set "
