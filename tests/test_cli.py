@@ -125,3 +125,21 @@ def test_correctness_target_with_api_judge_needs_correctness_verdicts():
         load_config("qwen3-8b", ["reward.target=correctness"])
     cfg = load_config("qwen3-8b", ["reward.target=correctness", "judge.with_correctness=true"])
     assert cfg.reward.target == "correctness"
+
+
+def test_config_reference_doc_is_current_and_documents_every_field():
+    import dataclasses
+    import typing
+    from pathlib import Path
+
+    from grpo_ao.config import RunConfig, config_reference
+
+    text = config_reference()
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text(encoding="utf-8") == text, "regenerate with: grpo-ao config docs > docs/config.md"
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    hints = typing.get_type_hints(RunConfig)
+    expected = sum(len(dataclasses.fields(hints[f.name])) if dataclasses.is_dataclass(hints[f.name]) else 1
+                   for f in dataclasses.fields(RunConfig))
+    assert len(rows) == expected == 96
+    assert all(not row.rstrip().endswith("|  |") for row in rows), "every field needs a docstring"

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c.add_argument("overrides", nargs="*")
     csub.add_parser("list", help="list the shipped configs")
+    csub.add_parser("docs", help="print the reference of every config field (Markdown)")
     return parser
 
 
@@ -78,6 +79,10 @@ def dispatch(args: argparse.Namespace) -> int:
 
         if args.config_command == "list":
             print("\n".join(shipped_configs()))
+        elif args.config_command == "docs":
+            from grpo_ao.config import config_reference
+
+            print(config_reference(), end="")
         elif args.config_command == "show":
             print(yaml.safe_dump(to_dict(load_config(args.name, args.overrides)), sort_keys=False), end="")
         else:

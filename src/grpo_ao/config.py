@@ -338,3 +338,49 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     for o in overrides:
         apply_override(data, o)
     return from_dict(RunConfig, data)
+
+
+# ---------------------------------------------------------------------------- reference docs
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of dataclass `cls` (read from its source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def config_reference() -> str:
+    """Markdown reference of every config field: name, default and its docstring (docs/config.md)."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    def shown(value: Any) -> str:
+        if isinstance(value, dict):
+            return "(section: same fields as `data`)"
+        return "(long text)" if isinstance(value, str) and len(value) > 60 else f"`{value}`"
+
+    defaults, docs = to_dict(RunConfig()), field_docs(RunConfig)
+    hints = typing.get_type_hints(RunConfig)
+    lines = ["# Configuration reference", "",
+             "Generated from the config dataclasses (`grpo-ao config docs`); a test keeps this file current.",
+             "Override any field on the command line as `section.field=value`.", "",
+             "## top level", "", "| field | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{f.name}` | {shown(defaults[f.name])} | {cell(docs.get(f.name, ''))} |"
+              for f in dataclasses.fields(RunConfig) if not dataclasses.is_dataclass(hints[f.name])]
+    for f in dataclasses.fields(RunConfig):
+        section = hints[f.name]
+        if not dataclasses.is_dataclass(section):
+            continue
+        sub_docs = field_docs(section)
+        lines += ["", f"## {f.name}", "", docs.get(f.name, ""), "", "| field | default | meaning |", "|---|---|---|"]
+        lines += [f"| `{f.name}.{g.name}` | {shown(defaults[f.name][g.name])} | {cell(sub_docs.get(g.name, ''))} |"
+                  for g in dataclasses.fields(section)]
+    return "\n".join(lines) + "\n"
