@@ -19,17 +19,12 @@ from typing import Any
 import yaml
 
 from grpo_ao.data import DataConfig
-from grpo_ao.errors import GrpoAoError
+from grpo_ao.errors import GrpoAoError, require
 from grpo_ao.format import ORACLE_SYSTEM_PROMPT, SYSTEM_PROMPT_MODES
 from grpo_ao.judge import JudgeConfig
 from grpo_ao.models import LoraSettings, ModelConfig
 from grpo_ao.reward import RewardConfig
 from grpo_ao.rollout import SamplingConfig
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise GrpoAoError(message)
 
 
 @dataclass(frozen=True)
@@ -46,9 +41,9 @@ class OracleConfig:
     """c in h' = h + c·||h||·v/||v||."""
 
     def __post_init__(self) -> None:
-        _check(self.system_prompt_mode in SYSTEM_PROMPT_MODES,
+        require(self.system_prompt_mode in SYSTEM_PROMPT_MODES,
                f"oracle.system_prompt_mode={self.system_prompt_mode!r}; use one of {SYSTEM_PROMPT_MODES}.")
-        _check(self.injection_layer >= 0, f"oracle.injection_layer={self.injection_layer} must be >= 0.")
+        require(self.injection_layer >= 0, f"oracle.injection_layer={self.injection_layer} must be >= 0.")
 
     @property
     def prompt_text(self) -> str | None:
@@ -99,15 +94,15 @@ class GrpoConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "prompts_per_step", "grad_accum_steps", "micro_batch_size", "num_iterations"):
-            _check(getattr(self, name) >= 1, f"grpo.{name}={getattr(self, name)} must be >= 1.")
-        _check(self.lr > 0, f"grpo.lr={self.lr} must be > 0.")
-        _check(self.lr_schedule in ("constant", "linear", "cosine"),
+            require(getattr(self, name) >= 1, f"grpo.{name}={getattr(self, name)} must be >= 1.")
+        require(self.lr > 0, f"grpo.lr={self.lr} must be > 0.")
+        require(self.lr_schedule in ("constant", "linear", "cosine"),
                f"grpo.lr_schedule={self.lr_schedule!r}; use constant, linear or cosine.")
-        _check(self.loss_type in ("dr_grpo", "grpo", "dapo"),
+        require(self.loss_type in ("dr_grpo", "grpo", "dapo"),
                f"grpo.loss_type={self.loss_type!r}; use dr_grpo, grpo or dapo.")
-        _check(self.scale_rewards in ("none", "group", "batch"),
+        require(self.scale_rewards in ("none", "group", "batch"),
                f"grpo.scale_rewards={self.scale_rewards!r}; use none, group or batch.")
-        _check(self.beta >= 0, f"grpo.beta={self.beta} must be >= 0.")
+        require(self.beta >= 0, f"grpo.beta={self.beta} must be >= 0.")
 
 
 @dataclass(frozen=True)
@@ -141,7 +136,7 @@ class SftConfig:
     def __post_init__(self) -> None:
         for name in ("num_examples", "heldout_examples", "epochs", "batch_size", "answer_max_new_tokens",
                      "expand_max_words"):
-            _check(getattr(self, name) >= 1, f"sft.{name}={getattr(self, name)} must be >= 1.")
+            require(getattr(self, name) >= 1, f"sft.{name}={getattr(self, name)} must be >= 1.")
 
 
 @dataclass(frozen=True)
@@ -160,7 +155,7 @@ class EvalConfig:
     """Prompts per generate call."""
 
     def __post_init__(self) -> None:
-        _check(self.num_examples >= 1, f"eval.num_examples={self.num_examples} must be >= 1.")
+        require(self.num_examples >= 1, f"eval.num_examples={self.num_examples} must be >= 1.")
 
 
 @dataclass(frozen=True)
@@ -220,10 +215,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in ("sft", "grpo", "eval")]
-        _check(not bad, f"stages={list(self.stages)} has unknown stages {bad}; use sft, grpo, eval.")
-        _check(not self.sampling.greedy, "sampling.greedy=true would make the G rollouts of a prompt identical "
+        require(not bad, f"stages={list(self.stages)} has unknown stages {bad}; use sft, grpo, eval.")
+        require(not self.sampling.greedy, "sampling.greedy=true would make the G rollouts of a prompt identical "
                "(no reward spread, no gradient); GRPO needs sampling. Use eval.greedy for greedy evaluation.")
-        _check(not (self.reward.target == "correctness" and self.judge.kind == "openai"
+        require(not (self.reward.target == "correctness" and self.judge.kind == "openai"
                     and not self.judge.with_correctness),
                "reward.target=correctness needs the judge's correct/incorrect verdict: set "
                "judge.with_correctness=true (or use reward.target=informativeness).")
@@ -238,7 +233,7 @@ class RunConfig:
 def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        _check(isinstance(value, dict), f"{where} must be a mapping of fields, got {value!r}.")
+        require(isinstance(value, dict), f"{where} must be a mapping of fields, got {value!r}.")
         return from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -247,10 +242,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, where)
     if origin is tuple:
-        _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}.")
+        require(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}.")
         return tuple(_convert(typing.get_args(tp)[0], v, where) for v in value)
     if tp is bool:
-        _check(isinstance(value, bool), f"{where} must be true or false, got {value!r}.")
+        require(isinstance(value, bool), f"{where} must be true or false, got {value!r}.")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 3e-6 (no dot) as a string
@@ -258,13 +253,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where} must be a number, got {value!r}.")
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where} must be a number, got {value!r}.")
         return float(value)
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {value!r}.")
+        require(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {value!r}.")
         return value
     if tp is str:
-        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), f"{where} must be a string, got {value!r}.")
+        require(isinstance(value, (str, int, float)) and not isinstance(value, bool), f"{where} must be a string, got {value!r}.")
         return str(value)
     return value
 
@@ -315,20 +310,20 @@ def _read_yaml(name_or_path: str) -> dict[str, Any]:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise GrpoAoError(f"Config {name_or_path!r} is not valid YAML: {e}") from e
-    _check(isinstance(data, dict), f"Config {name_or_path!r} must be a YAML mapping at the top level.")
+    require(isinstance(data, dict), f"Config {name_or_path!r} must be a YAML mapping at the top level.")
     return data
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply `a.b.c=value` (value parsed as YAML) to a nested dict, in place."""
-    _check("=" in override, f"Override {override!r} must look like key=value, e.g. grpo.lr=1e-5.")
+    require("=" in override, f"Override {override!r} must look like key=value, e.g. grpo.lr=1e-5.")
     key, raw = override.split("=", 1)
     value = yaml.safe_load(raw) if raw else ""
     parts = key.strip().split(".")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
-        _check(isinstance(node, dict), f"Override {override!r}: {p!r} is not a section.")
+        require(isinstance(node, dict), f"Override {override!r}: {p!r} is not a section.")
     node[parts[-1]] = value
 
 

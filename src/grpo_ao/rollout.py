@@ -14,21 +14,16 @@ forwards, with the same injection, at the sampling temperature. We never re-toke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from grpo_ao.errors import GrpoAoError
+from grpo_ao.errors import require
 from grpo_ao.format import left_pad, render_oracle_prompt
 from grpo_ao.models import num_layers
 from grpo_ao.steering import extract_activations, inject, layer_for_percent
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise GrpoAoError(message)
 
 
 @dataclass(frozen=True)
@@ -49,10 +44,10 @@ class SamplingConfig:
     """Greedy decoding instead of sampling (eval, SFT targets); temperature, top_p and top_k are then unused."""
 
     def __post_init__(self) -> None:
-        _require(self.num_generations >= 1, f"sampling.num_generations={self.num_generations} must be >= 1.")
-        _require(self.temperature > 0, f"sampling.temperature={self.temperature} must be > 0 (use a small value, not 0).")
-        _require(0 < self.top_p <= 1, f"sampling.top_p={self.top_p} must be in (0, 1].")
-        _require(self.max_new_tokens >= 1, f"sampling.max_new_tokens={self.max_new_tokens} must be >= 1.")
+        require(self.num_generations >= 1, f"sampling.num_generations={self.num_generations} must be >= 1.")
+        require(self.temperature > 0, f"sampling.temperature={self.temperature} must be > 0 (use a small value, not 0).")
+        require(0 < self.top_p <= 1, f"sampling.top_p={self.top_p} must be in (0, 1].")
+        require(self.max_new_tokens >= 1, f"sampling.max_new_tokens={self.max_new_tokens} must be >= 1.")
 
 
 @dataclass(frozen=True)
@@ -170,6 +165,16 @@ def generate_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return Rollouts(prompt_ids, prompt_mask, positions, vectors, completion_ids, completion_mask, truncated, texts, g)
+
+
+def answer_in_batches(model: Any, tokenizer: Any, tasks: Sequence[Any], sampling: SamplingConfig, batch_size: int,
+                      system_prompt: str | None, system_prompt_mode: str, context_format: str = "chat",
+                      injection_layer: int = 1, coef: float = 1.0) -> Iterator[tuple[Sequence[Any], OracleInputs, Rollouts]]:
+    """Steps 1–4 for many tasks, `batch_size` tasks at a time: yields (tasks, inputs, rollouts) per batch."""
+    for start in range(0, len(tasks), batch_size):
+        chunk = tasks[start:start + batch_size]
+        inputs = build_oracle_inputs(model, tokenizer, chunk, system_prompt, system_prompt_mode, context_format)
+        yield chunk, inputs, generate_rollouts(model, tokenizer, inputs, sampling, injection_layer, coef)
 
 
 def completion_logprobs(model: Any, rollouts: Rollouts, temperature: float,

@@ -31,7 +31,7 @@ from grpo_ao.models import load_model
 from grpo_ao.plots import confidence_histogram, reliability_diagram
 from grpo_ao.recipes.setup import progress_bar, seed_everything, start_run, write_json
 from grpo_ao.reward import group_rewards
-from grpo_ao.rollout import build_oracle_inputs, generate_rollouts
+from grpo_ao.rollout import answer_in_batches
 
 TABLE_COLUMNS = [
     ("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("mean info", "mean_informativeness"),
@@ -66,12 +66,11 @@ def answer_and_score(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Tas
     sampling = replace(cfg.sampling, num_generations=1, max_new_tokens=cfg.eval.max_new_tokens, greedy=cfg.eval.greedy)
     records = []
     bar = progress_bar(len(tasks), f"eval {label}", cfg.logging.progress)
-    for start in range(0, len(tasks), cfg.eval.batch_size):
-        chunk = tasks[start:start + cfg.eval.batch_size]
-        inputs = build_oracle_inputs(model, tokenizer, chunk, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
-                                     cfg.eval.data.context_format)
-        texts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
-                                  cfg.oracle.steering_coef).texts
+    for chunk, _, rollouts in answer_in_batches(model, tokenizer, tasks, sampling, cfg.eval.batch_size,
+                                                cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
+                                                cfg.eval.data.context_format, cfg.oracle.injection_layer,
+                                                cfg.oracle.steering_coef):
+        texts = rollouts.texts
         parsed = [parse_epistemic_status(t) for t in texts]
         judged = score_sync(judge, [JudgeItem(t.context, t.question, p.answer, t.reference)
                                     for t, p in zip(chunk, parsed)])

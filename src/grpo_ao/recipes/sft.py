@@ -43,13 +43,7 @@ from grpo_ao.recipes.setup import (
     trainable_parameters,
     write_json,
 )
-from grpo_ao.rollout import (
-    Rollouts,
-    SamplingConfig,
-    build_oracle_inputs,
-    completion_logprobs,
-    generate_rollouts,
-)
+from grpo_ao.rollout import Rollouts, SamplingConfig, answer_in_batches, completion_logprobs
 
 FALLBACK_ANSWER = "I can't answer this question given these activations."
 
@@ -92,14 +86,11 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
     rng = random.Random(cfg.seed)
     statuses = [rng.randint(0, 10) for _ in tasks]
     rows: list[dict] = []
-    batch = cfg.eval.batch_size
     sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens, greedy=True)
     bar = progress_bar(len(tasks), "sft targets", cfg.logging.progress)
-    for start in range(0, len(tasks), batch):
-        chunk = tasks[start:start + batch]
-        inputs = build_oracle_inputs(model, tokenizer, chunk, None, "none", cfg.data.context_format)
-        rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
-                                     cfg.oracle.steering_coef)
+    for chunk, inputs, rollouts in answer_in_batches(model, tokenizer, tasks, sampling, cfg.eval.batch_size, None,
+                                                     "none", cfg.data.context_format, cfg.oracle.injection_layer,
+                                                     cfg.oracle.steering_coef):
         for task, layer, vector, text, cut in zip(chunk, inputs.layers, inputs.vectors, rollouts.texts,
                                                   rollouts.truncated.tolist()):
             parsed = parse_epistemic_status(text)  # an oracle that already tags its answers: keep one tag
@@ -157,12 +148,10 @@ def heldout_parse_rate(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[T
     """Share of greedy answers (with the system prompt) that parse as `[epistemic status: X] ...`."""
     sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens + 12, greedy=True)
     ok = 0
-    for start in range(0, len(tasks), cfg.eval.batch_size):
-        chunk = tasks[start:start + cfg.eval.batch_size]
-        inputs = build_oracle_inputs(model, tokenizer, chunk, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
-                                     cfg.data.context_format)
-        rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
-                                     cfg.oracle.steering_coef)
+    for _, _, rollouts in answer_in_batches(model, tokenizer, tasks, sampling, cfg.eval.batch_size,
+                                            cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
+                                            cfg.data.context_format, cfg.oracle.injection_layer,
+                                            cfg.oracle.steering_coef):
         ok += sum(parse_epistemic_status(t).ok for t in rollouts.texts)
     return ok / len(tasks)
 
