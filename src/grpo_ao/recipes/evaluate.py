@@ -29,7 +29,7 @@ from grpo_ao.format import parse_epistemic_status
 from grpo_ao.judge import JudgeItem, build_judge, score_sync
 from grpo_ao.models import load_model
 from grpo_ao.plots import confidence_histogram, reliability_diagram
-from grpo_ao.recipes.setup import progress_bar, seed_everything, start_run, write_json
+from grpo_ao.recipes.setup import judge_cache_path, progress_bar, seed_everything, start_run, write_json
 from grpo_ao.reward import group_rewards
 from grpo_ao.rollout import answer_in_batches
 
@@ -171,7 +171,7 @@ def run(cfg: RunConfig, adapters: list[str] | None = None) -> dict[str, Any]:
     to_evaluate = parse_adapters(cfg, adapters)
     base, tokenizer = load_model(cfg.model)
     tasks = eval_tasks(cfg, tokenizer)  # 1.
-    judge = build_judge(cfg.judge, cache_path=cfg.judge.cache_path or run_dir / "judge_cache.sqlite")
+    judge = build_judge(cfg.judge, cache_path=judge_cache_path(cfg))
     results: dict[str, dict] = {}
     state: dict[str, Any] = {}
     for label, adapter in to_evaluate:

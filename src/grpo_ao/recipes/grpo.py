@@ -27,6 +27,7 @@ from grpo_ao.loss import group_advantages, policy_loss
 from grpo_ao.metrics import build_sinks, confidence_histogram
 from grpo_ao.recipes.setup import (
     archive_previous_run,
+    judge_cache_path,
     load_oracle,
     optimizer_and_scheduler,
     progress_bar,
@@ -239,7 +240,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                                   adapter_name=REFERENCE_ADAPTER)
         model.set_adapter("default")
     sampler = task_sampler(cfg.data, tokenizer)
-    judge_cache = cfg.judge.cache_path or run_dir / "judge_cache.sqlite"
+    judge_cache = judge_cache_path(cfg)
     judge = build_judge(cfg.judge, cache_path=judge_cache)
     optimizer, scheduler = optimizer_and_scheduler(model, cfg.grpo.lr, cfg.grpo.weight_decay, cfg.grpo.warmup_steps,
                                                    cfg.grpo.lr_schedule, cfg.grpo.max_steps)

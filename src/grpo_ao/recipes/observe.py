@@ -16,7 +16,7 @@ from grpo_ao.config import RunConfig
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import parse_epistemic_status
 from grpo_ao.judge import JudgeItem, build_judge, score_sync
-from grpo_ao.recipes.setup import load_oracle, seed_everything, task_sampler
+from grpo_ao.recipes.setup import judge_cache_path, load_oracle, seed_everything, task_sampler
 from grpo_ao.reward import group_rewards
 from grpo_ao.rollout import build_oracle_inputs, generate_rollouts
 
@@ -48,7 +48,7 @@ def run(cfg: RunConfig, num_examples: int = 4, num_generations: int = 4, adapter
     g = num_generations
     breakdowns: list[Any] = [None] * len(parsed)
     if use_judge:
-        cache = cfg.judge.cache_path or cfg.run_dir / "judge_cache.sqlite"
+        cache = judge_cache_path(cfg)
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         judge = build_judge(cfg.judge, cache_path=cache)
         judged = score_sync(judge, [JudgeItem(tasks[i // g].context, tasks[i // g].question, p.answer,

@@ -55,6 +55,11 @@ def archive_previous_run(run_dir: Path) -> Path | None:
     return target
 
 
+def judge_cache_path(cfg: RunConfig) -> Path:
+    """The judge's SQLite cache: `judge.cache_path`, else run_dir/judge_cache.sqlite."""
+    return Path(cfg.judge.cache_path) if cfg.judge.cache_path else cfg.run_dir / "judge_cache.sqlite"
+
+
 def load_oracle(cfg: RunConfig, adapter: str | None = None, trainable: bool = True,
                 gradient_checkpointing: bool = False) -> tuple[Any, Any]:
     """The base model with a LoRA adapter: `adapter` if given, else `cfg.model.adapter`, else a fresh one."""

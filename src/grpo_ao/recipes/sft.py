@@ -34,6 +34,7 @@ from grpo_ao.loss import sft_loss
 from grpo_ao.metrics import build_sinks
 from grpo_ao.recipes.setup import (
     archive_previous_run,
+    judge_cache_path,
     load_oracle,
     optimizer_and_scheduler,
     progress_bar,
@@ -82,7 +83,7 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
         return rows
     expander = None
     if cfg.sft.expand_open_answers:  # before generation, so a missing API key fails fast
-        expander = build_expander(cfg.judge, cfg.judge.cache_path or cfg.run_dir / "judge_cache.sqlite")
+        expander = build_expander(cfg.judge, judge_cache_path(cfg))
     rng = random.Random(cfg.seed)
     statuses = [rng.randint(0, 10) for _ in tasks]
     rows: list[dict] = []
