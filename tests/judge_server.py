@@ -4,6 +4,8 @@ Behaviour per request: the next mode in `plan` if any, else a seeded random fail
 `default`. Prompts containing "ALWAYS500" always get a 500. A normal reply scores N for an answer
 containing "ANS<N>" (else 50), so tests know the right score. A normal reply to an answer-expansion prompt
 (one asking for a final `Answer: <rewritten answer>` line) is `Answer: ` + `rewrite` filled with the answer.
+"length_empty" / "length_cut" imitate a reasoning model that hit max_tokens: finish_reason "length" with no
+content, or with a rationale cut off before the score line. Every request body is kept in `requests`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ EXPAND_MARKER = "Answer: <rewritten answer>"
 """The expander's output-format line; a prompt containing it is answered with a rewrite, not a score."""
 _ANSWER = re.compile(r"<answer>\n(.*?)\n</answer>", re.DOTALL)
 
-MODES = ("normal", "429", "500", "400", "hang", "garbage", "unparseable", "slash100", "score150")
+MODES = ("normal", "429", "500", "400", "hang", "garbage", "unparseable", "slash100", "score150", "length_empty",
+         "length_cut")
 
 
 class _Server(ThreadingHTTPServer):
@@ -44,6 +47,7 @@ class FakeJudgeServer:
         self.statuses: Counter[int] = Counter()
         self.auth_headers: list[str] = []
         self.prompts: list[str] = []
+        self.requests: list[dict] = []
         self.request_times: list[float] = []
         self._random: tuple[random.Random, float, float] | None = None
         self._lock = threading.Lock()
@@ -94,6 +98,9 @@ class FakeJudgeServer:
             return int(mode), body, {"Retry-After": self.retry_after} if mode == "429" else {}
         if mode == "garbage":
             return 200, b"<html>502 bad gateway, not JSON", {}
+        if mode in ("length_empty", "length_cut"):
+            text = "" if mode == "length_empty" else "The answer names the cat, and the text"
+            return 200, _completion(prompt, text, finish_reason="length"), {}
         if mode == "normal" and EXPAND_MARKER in prompt:
             answer = _ANSWER.findall(prompt)[-1].strip().rstrip(".")
             return 200, _completion(prompt, "Same claim, fuller.\nAnswer: " + self.rewrite.format(answer=answer)), {}
@@ -110,11 +117,11 @@ class FakeJudgeServer:
         return 200, _completion(prompt, text), {}
 
 
-def _completion(prompt: str, text: str) -> bytes:
+def _completion(prompt: str, text: str, finish_reason: str = "stop") -> bytes:
     usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
              "total_tokens": len(prompt.split()) + len(text.split())}
     body = {"id": "fake", "object": "chat.completion", "created": 0, "model": "fake-judge", "usage": usage,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}
+            "choices": [{"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": text}}]}
     return json.dumps(body).encode()
 
 
@@ -128,6 +135,7 @@ def _make_handler(server: FakeJudgeServer) -> type[BaseHTTPRequestHandler]:
             prompt = request["messages"][0]["content"]
             with server._lock:
                 server.auth_headers.append(self.headers.get("Authorization", ""))
+                server.requests.append(request)
             mode = server._next_mode(prompt)
             try:
                 if mode == "hang":

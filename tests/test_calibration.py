@@ -14,11 +14,9 @@ from grpo_ao.calibration import (
     bin_index,
     brier_score,
     expected_calibration_error,
-    lenient_yes_no,
     max_calibration_error,
     reliability_bins,
     summarize,
-    yes_no_correct,
 )
 
 ATOL = 1e-6
@@ -121,35 +119,6 @@ def test_confidence_outside_unit_interval_is_rejected():
         brier_score([0.1, 0.2], [1])
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Yes, it is about cooking.", "yes"),
-    ("yes", "yes"),
-    ("no.", "no"),
-    ("No, it is about sports.", "no"),
-    ("**Yes**", "yes"),
-    ("  - Nope", "no"),
-    ("[epistemic status: 7] Yes", "yes"),
-    ("I think not", None),
-    ("The answer is yes.", None),
-    ("Nothing here", None),  # "nothing" is not "no"
-    ("Yesterday it rained", None),
-    ("", None),
-])
-def test_lenient_yes_no(text, expected):
-    assert lenient_yes_no(text) == expected
-
-
-@pytest.mark.parametrize("answer, reference, expected", [
-    ("Yes, clearly.", "Yes", True),
-    ("No", "Yes", False),
-    ("It might be", "No", False),  # no yes/no to a yes/no question: wrong
-    ("cooking", "cooking", None),  # not a yes/no reference: unknown here
-    ("Yes", None, None),
-])
-def test_yes_no_correct(answer, reference, expected):
-    assert yes_no_correct(answer, reference) is expected
-
-
 def rec(parse_ok, x, info, correct, family):
     return EvalRecord(parse_ok=parse_ok, confidence=x, informativeness=info, correct=correct, family=family)
 
@@ -158,7 +127,7 @@ RECORDS = [
     rec(True, 9, 1.0, True, "topic"),
     rec(True, 2, 0.0, False, "topic"),
     rec(True, 6, 0.5, None, "sentiment"),  # no reference: only in the informativeness metrics
-    rec(False, None, 0.0, False, "sentiment"),  # parse failure: only in parse_rate
+    rec(False, None, 0.0, False, "sentiment"),  # parse failure: in parse_rate and accuracy only
     rec(True, 8, None, False, "sentiment"),  # judge failure: only in the correctness metrics
 ]
 
@@ -175,9 +144,10 @@ def test_summarize_hand_computed():
     assert s["brier_info"] == pytest.approx(0.02, abs=ATOL)
     assert s["ece_info"] == pytest.approx(0.4 / 3, abs=ATOL)
     assert s["mce_info"] == pytest.approx(0.2, abs=ATOL)
-    # vs correctness: conf .9, .2, .8 / y 1, 0, 0. Brier (.01 + .04 + .64) / 3 = .23;
+    # accuracy over every graded answer, the parse failure included: 1 correct of 4
+    assert s["n_graded"] == 4 and s["accuracy"] == pytest.approx(1 / 4, abs=ATOL)
+    # vs correctness (parsed only): conf .9, .2, .8 / y 1, 0, 0. Brier (.01 + .04 + .64) / 3 = .23;
     # gaps .1 (b9), .2 (b2), .8 (b8): ECE 1.1/3, MCE .8; AUROC: .9 beats .2 and .8 -> 1
-    assert s["accuracy"] == pytest.approx(1 / 3, abs=ATOL)
     assert s["brier_correct"] == pytest.approx(0.23, abs=ATOL)
     assert s["ece_correct"] == pytest.approx(1.1 / 3, abs=ATOL)
     assert s["mce_correct"] == pytest.approx(0.8, abs=ATOL)
@@ -208,8 +178,11 @@ def test_parse_failures_never_enter_the_calibration_metrics():
     base, with_junk = summarize(RECORDS), summarize(RECORDS + junk)
     assert with_junk["n"] == base["n"] + 2
     assert with_junk["parse_rate"] == pytest.approx(4 / 7, abs=ATOL)
+    # accuracy grades what was said, format aside: one more wrong and one more right answer
+    assert with_junk["n_graded"] == base["n_graded"] + 2
+    assert with_junk["accuracy"] == pytest.approx((1 + 1) / (4 + 2), abs=ATOL)
     for key in base:
-        if key not in ("n", "parse_rate", "per_family"):
+        if key not in ("n", "parse_rate", "per_family", "n_graded", "accuracy"):
             assert with_junk[key] == base[key], key
 
 

@@ -57,6 +57,7 @@ def test_strip_yes_no_instruction_removes_only_the_trailing_instruction(question
     ({"split": ""}, "data.split"),
     ({"layer_percents": ()}, "data.layer_percents"),
     ({"layer_percents": (25, 150)}, "data.layer_percents"),
+    ({"layer_percents": (100,)}, "data.layer_percents"),  # past the last layer: steering refuses 100
     ({"layer_percents": (25.0,)}, "data.layer_percents"),
     ({"min_positions": 0}, "data.min_positions"),
     ({"min_positions": 3, "max_positions": 2}, "data.max_positions"),
@@ -215,15 +216,34 @@ def all_qas(examples):
 def test_builtin_train_has_the_documented_size_and_balanced_yes_no():
     examples = load_examples(DataConfig(source="builtin"))
     qas = all_qas(examples)
-    assert len(examples) == 256
-    assert len(qas) == 256 * 7 == 1792
+    # 256 topic/sentiment/language texts x 7 questions + 3 x 120 tense/number/fact texts x 2 questions
+    assert len(examples) == 256 + 360 == 616
+    assert len(qas) == 256 * 7 + 360 * 2 == 2512
     assert all(qa.reference and qa.family for qa in qas)
     answers = Counter(qa.reference for qa in qas if qa.reference in YES_NO)
-    assert answers == {"Yes": 512, "No": 512}  # 4 yes/no per text, each kind exactly balanced
-    assert Counter(qa.family for qa in qas) == {"topic": 768, "sentiment": 512, "language": 512}
+    assert answers == {"Yes": 512 + 180, "No": 512 + 180}  # every kind of yes/no question exactly balanced
+    assert Counter(qa.family for qa in qas) == {"topic": 768, "sentiment": 512, "language": 512, "tense": 240,
+                                                "number": 240, "fact": 240}
     open_refs = Counter(qa.reference for qa in qas if qa.question.startswith("What language"))
     assert open_refs == {"English": 220, "French": 12, "Spanish": 12, "German": 12}
     assert all(1 <= len(re.findall(r"[.!?](?:\s|$)", e.context)) <= 3 for e in examples)
+
+
+def test_builtin_train_covers_every_eval_family_with_the_eval_wording():
+    train_qas = all_qas(load_examples(DataConfig(source="builtin")))
+    eval_questions = {(qa.family, qa.question) for qa in all_qas(load_examples(DataConfig(source="builtin_eval")))}
+    train_yes_no = Counter((qa.family, qa.question, qa.reference) for qa in train_qas if qa.reference in YES_NO)
+    assert len(eval_questions) == 22  # 10 topics + 2 sentiments + 4 languages + 3 tenses + 2 numbers + 1 fact
+    for family, question in eval_questions:  # each eval question is asked in training, answered Yes and No
+        yes, no = train_yes_no[(family, question, "Yes")], train_yes_no[(family, question, "No")]
+        assert yes > 0 and no > 0, question
+        if family in {"tense", "number", "fact"}:  # the wording says nothing about the answer
+            assert yes == no, question
+    open_labels = Counter((qa.family, qa.reference) for qa in train_qas
+                          if qa.family in {"tense", "number", "fact"} and qa.reference not in YES_NO)
+    assert open_labels == {("tense", "past"): 40, ("tense", "present"): 40, ("tense", "future"): 40,
+                           ("number", "singular"): 60, ("number", "plural"): 60,
+                           ("fact", "true"): 60, ("fact", "false"): 60}
 
 
 def test_builtin_eval_has_the_documented_families_and_balanced_answers():
@@ -239,10 +259,11 @@ def test_builtin_eval_has_the_documented_families_and_balanced_answers():
         assert answers["Yes"] == answers["No"], family
 
 
-@pytest.mark.parametrize("source, n_items", [("builtin", 1792), ("builtin_eval", 216)])
+@pytest.mark.parametrize("source, n_items", [("builtin", 2512), ("builtin_eval", 216)])
 def test_builtin_questions_never_contain_the_answer(source, n_items):
     label_words = {"cooking", "sports", "programming", "weather", "music", "medicine", "finance", "travel",
-                   "animals", "space", "positive", "negative", "english", "french", "spanish", "german"}
+                   "animals", "space", "positive", "negative", "english", "french", "spanish", "german",
+                   "past", "present", "future", "singular", "plural", "true", "false"}
     checked = 0
     for qa in all_qas(load_examples(DataConfig(source=source))):
         q = qa.question.lower()
@@ -268,6 +289,20 @@ def test_builtin_eval_texts_do_not_appear_in_training():
     eval_contexts = [e.context for e in load_examples(DataConfig(source="builtin_eval"))]
     assert len(eval_contexts) == len(set(eval_contexts)) == 186
     assert not set(eval_contexts) & train_sentences
+    train_contexts = [e.context.lower() for e in train]
+    assert not [c for c in eval_contexts if any(c.lower() in t or t in c.lower() for t in train_contexts)]
+
+
+def test_builtin_training_texts_are_not_near_copies_of_eval_texts():
+    # Jaccard overlap of lower-cased word sets; "Rome is the capital of Italy." vs the eval's "Paris is the
+    # capital of France." scores 4/8 = 0.5 (a template copy), so every pair must stay below 0.5.
+    def words(text):
+        return set(re.findall(r"[a-z]+", text.lower()))
+
+    train = [words(e.context) for e in load_examples(DataConfig(source="builtin"))]
+    evals = [words(e.context) for e in load_examples(DataConfig(source="builtin_eval"))]
+    assert len(train) * len(evals) == 616 * 186
+    assert max(len(t & e) / len(t | e) for t in train for e in evals) < 0.5
 
 
 def test_shipped_builtin_files_match_the_generator_script():
@@ -376,6 +411,6 @@ def test_sampler_with_no_usable_example_is_an_error():
 
 def test_sampler_on_builtin_data_covers_every_family():
     cfg = DataConfig(seed=0)
-    tasks = TaskSampler(load_examples(cfg), cfg).next_batch(256)
-    assert len({t.example_index for t in tasks}) == 256  # one full epoch
-    assert {t.family for t in tasks} == {"topic", "sentiment", "language"}
+    tasks = TaskSampler(load_examples(cfg), cfg).next_batch(616)
+    assert len({t.example_index for t in tasks}) == 616  # one full epoch
+    assert {t.family for t in tasks} == {"topic", "sentiment", "language", "tense", "number", "fact"}

@@ -135,11 +135,14 @@ def test_expansions_and_judge_scores_share_the_file_but_not_the_namespace(server
     assert again[0].expanded and server.calls == 2  # both served from the one file
 
 
-def test_cache_key_depends_on_model_and_item_not_reference():
-    fmt = ExpandFormat("model-a")
-    keys = {fmt.key(open_item()), ExpandFormat("model-b").key(open_item()), fmt.key(open_item("Football.")),
-            fmt.key(open_item(context="Another text."))}
-    assert len(keys) == 4
+def test_cache_key_depends_on_reply_settings_and_item_not_reference():
+    fmt = ExpandFormat(JudgeConfig(kind="openai", model="model-a"))
+    others = [JudgeConfig(kind="openai", model="model-b"), JudgeConfig(kind="openai", model="model-a", temperature=0.5),
+              JudgeConfig(kind="openai", model="model-a", max_tokens=77),
+              JudgeConfig(kind="openai", model="model-a", reasoning="high")]
+    keys = {fmt.key(open_item()), fmt.key(open_item("Football.")), fmt.key(open_item(context="Another text.")),
+            *(ExpandFormat(c).key(open_item()) for c in others)}
+    assert len(keys) == 7
     assert fmt.key(open_item()) == fmt.key(JudgeItem(CONTEXT, "What is the topic of the text?", "Sports.", None))
 
 
@@ -152,6 +155,9 @@ def test_cache_key_depends_on_model_and_item_not_reference():
     ("are the verbs in the past tense?", None, False),
     ("Could this be a review?", None, False),
     ("Doesn't it mention food?", None, False),
+    ("Isn’t it about food?", None, False),  # typographic apostrophe
+    ("Cannot the text be about food?", None, False),
+    ("Which sport is it?", "Yes, it is football.", False),  # a reference that opens with yes/no
     ("Which sport is it?", "Yes.", False),  # a yes/no reference closes any question
     ("Name the sport.", "no", False),
     ("", None, False),
@@ -194,10 +200,9 @@ def test_sft_run_with_expansion_and_an_offline_judge_fails_before_loading_a_mode
         pytest.fail("load_oracle was called before the config check")
 
     monkeypatch.setattr(sft, "load_oracle", no_model)
-    cfg = load_config("tiny", [f"logging.output_dir={tmp_path / 'run'}", "sft.expand_open_answers=true",
-                               "judge.kind=reference"])
-    with pytest.raises(GrpoAoError, match="judge.kind=openai") as err:
-        sft.run(cfg)
+    overrides = [f"logging.output_dir={tmp_path / 'run'}", "sft.expand_open_answers=true", "judge.kind=reference"]
+    with pytest.raises(GrpoAoError, match="judge.kind=openai") as err:  # at load time or at the start of run
+        sft.run(load_config("tiny", overrides))
     assert "sft.expand_open_answers=false" in str(err.value)
     assert not (tmp_path / "run").exists()
 

@@ -134,3 +134,23 @@ def test_format_parse_round_trip(conf, answer):
 def test_format_rejects_out_of_range():
     with pytest.raises(ValueError):
         format_epistemic_status(11, "x")
+
+
+def test_tag_token_mask_covers_exactly_the_tag_tokens(tokenizer):
+    import torch
+
+    tiny_tokenizer = tokenizer
+    from grpo_ao.format import tag_token_mask
+
+    texts = ["[epistemic status: 7] Yes, it is.", "no tag here", "[epistemic status: 10] No"]
+    rows = [tiny_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [tiny_tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    mask = tag_token_mask(tiny_tokenizer, ids, [True, False, True])
+    for n, row in enumerate(rows):
+        k = int(mask[n].sum())
+        assert mask[n, :k].all() and not mask[n, k:].any()
+        if n == 1:
+            assert k == 0
+            continue
+        assert "]" in tiny_tokenizer.decode(row[:k]) and "]" not in tiny_tokenizer.decode(row[:k - 1])

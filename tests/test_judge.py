@@ -15,7 +15,7 @@ import pytest
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.judge import JudgeConfig, JudgeItem, JudgeStats, build_judge, parse_reply, score_sync
 from grpo_ao.judge.cache import JudgeCache, cache_key
-from grpo_ao.judge.offline import token_f1, yes_no
+from grpo_ao.judge.offline import BAND_SCORES
 from grpo_ao.judge.openai_judge import backoff_delay, parse_retry_after
 from judge_server import FakeJudgeServer
 
@@ -181,13 +181,22 @@ def test_second_judge_is_served_from_the_cache_with_zero_calls(server, make_judg
     assert server.calls > calls_after_first
 
 
-def test_cache_key_depends_on_model_template_and_correctness_mode():
+@pytest.mark.parametrize("change", [
+    {"model": "other"}, {"prompt_template": "Be strict. {context} {question} {answer}"}, {"temperature": 0.5},
+    {"max_tokens": 4096}, {"reasoning": "high"}, {"reasoning": "default"}, {"with_correctness": True},
+])
+def test_cache_key_changes_with_every_setting_that_changes_the_reply(change):
     base = JudgeConfig()
-    keys = {cache_key(cfg, item(1)) for cfg in (
-        base, dataclasses.replace(base, model="other"), dataclasses.replace(base, with_correctness=True),
-        dataclasses.replace(base, prompt_template=base.prompt_template + " Be strict."))}
-    assert len(keys) == 4
-    assert cache_key(base, item(1)) == cache_key(dataclasses.replace(base, temperature=0.5), item(1))
+    assert cache_key(dataclasses.replace(base, **change), item(1)) != cache_key(base, item(1))
+
+
+def test_cache_key_ignores_settings_that_do_not_change_the_reply():
+    base = JudgeConfig()
+    same = dataclasses.replace(base, timeout_s=5.0, max_retries=0, max_concurrency=2, deadline_s=9.0,
+                               price_prompt_per_mtok=1.0, price_completion_per_mtok=1.0, score_parse_failures=True)
+    assert cache_key(same, item(1)) == cache_key(base, item(1))
+    assert cache_key(base, dataclasses.replace(item(1), reference="Yes")) == cache_key(base, item(1))
+    assert cache_key(base, item(2)) != cache_key(base, item(1))
 
 
 def test_cache_is_safe_across_processes(tmp_path):
@@ -334,26 +343,36 @@ def test_parse_retry_after_accepts_seconds_milliseconds_and_dates():
 # -- offline judges -----------------------------------------------------------------------------------------
 
 def yes_no_item(answer: str, reference: str | None = "Yes") -> JudgeItem:
-    return JudgeItem("The cat sat on the mat.", "Is the text about a cat?", answer, reference)
+    return JudgeItem("We flew to Lisbon and took the tram.", "Is this text about travel?", answer, reference)
 
 
-def test_reference_judge_scores_yes_no_answers():
+def test_reference_judge_scores_on_the_rubric_bands():
     judge = build_judge(JudgeConfig(kind="reference"))
-    answers = ["Yes, it mentions a cat.", "I think yes", "No.", "nope", "It is about a mat.", "YES"]
-    results = score_sync(judge, [yes_no_item(a) for a in answers] + [yes_no_item("No, a dog.", "no.")])
-    # match 0.9 / mismatch 0.1 / no yes-no in the first three words 0.2; correct = 1 only on a match
-    assert [r.informativeness for r in results] == [0.9, 0.9, 0.1, 0.1, 0.2, 0.9, 0.9]
-    assert [r.correct for r in results] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    answers = ["No.", "I can't tell.", "Yes.", "This text is about travel.",
+               "Yes, a flight to Lisbon and a ride on the old tram.", "No, it is about cooking."]
+    results = score_sync(judge, [yes_no_item(a) for a in answers] + [yes_no_item("No, it is about cooking.", "no.")])
+    # wrong 0.1 · no position 0.25 · correct bare yes / bare restatement 0.45 · correct with detail 0.7;
+    # the last two: "No, it is about cooking." is wrong against Yes, and detailed against "no."
+    assert [r.informativeness for r in results] == [0.1, 0.25, 0.45, 0.45, 0.7, 0.1, 0.7]
+    assert [r.correct for r in results] == [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]  # no position is not correct
     assert (judge.stats.calls, judge.stats.successes, judge.stats.failures) == (7, 7, 0)
+    assert results[1].raw.startswith("no_position:") and results[1].raw.endswith("Score: 25")
 
 
-def test_reference_judge_uses_token_f1_for_open_questions():
+def test_reference_judge_bands_sit_inside_the_hosted_rubric_bands():
+    # DEFAULT_TEMPLATE: 0-20 wrong, 20-40 generic/dodges, 40-50 correct bare yes/no, 60-80 correct with detail
+    rubric = {"wrong": (0.0, 0.2), "no_position": (0.2, 0.4), "terse": (0.4, 0.5), "detailed": (0.6, 0.8)}
+    assert set(BAND_SCORES) == set(rubric)
+    assert all(lo < BAND_SCORES[name] < hi for name, (lo, hi) in rubric.items())
+
+
+def test_reference_judge_grades_open_questions_by_label():
     judge = build_judge(JudgeConfig(kind="reference"))
-    [result] = score_sync(judge, [JudgeItem("ctx", "What sat where?", "A cat sat, on the mat!", "the cat sat")])
-    # answer tokens {a, cat, sat, on, the, mat} (6), reference {the, cat, sat} (3), overlap 3:
-    # P = 3/6, R = 3/3, F1 = 2·0.5·1 / 1.5 = 2/3
-    assert result.informativeness == pytest.approx(2 / 3, abs=1e-12) and result.correct == 1.0
-    assert token_f1("dog", "the cat") == 0.0 and yes_no("Well, maybe.") is None
+    question = "What is the topic of this text?"
+    results = score_sync(judge, [JudgeItem("ctx", question, a, "sports") for a in
+                                 ("Football.", "It is about music.", "sports or music",
+                                  "A football match in which the home side won after extra time.")])
+    assert [(r.informativeness, r.correct) for r in results] == [(0.45, 1.0), (0.1, 0.0), (0.25, 0.0), (0.7, 1.0)]
 
 
 def test_reference_judge_without_a_reference_fails_instead_of_guessing():

@@ -349,3 +349,48 @@ def test_token_logprobs_match_the_samplers_distribution_on_a_tiny_model():
     best = token_logprobs(logits, greedy, temperature)
     full = torch.log_softmax(logits / temperature, -1).amax(-1)
     _close(best, full)
+
+
+def test_split_advantages_by_hand_with_a_parse_failure_in_the_group():
+    from grpo_ao.loss import split_advantages
+
+    # group 0: (u, c) = (0.7, -0.04), (0.1, -0.36) and a parse failure at r = -0.5.
+    #   mean_P(r) = (0.66 - 0.26)/2 = 0.2, mean_V(r) = -0.1/3, δ = 0.2 + 0.1/3 = 0.233333
+    #   tag: c - mean_P(c) + δ = ±0.16 + δ; answer: u - mean_P(u) + δ = ±0.3 + δ; failure: -0.5 + 0.1/3 in both
+    # group 1 (G = 2 used, third member judge-masked): (0.45, -0.0625), (0.1, -0.01); δ = 0
+    #   tag ∓0.02625, answer ±0.175, which add up to the sequence advantage r - mean(r) = ±0.14875
+    info = torch.tensor([[0.7, 0.1, 0.0], [0.45, 0.1, 0.3]])
+    calib = torch.tensor([[-0.04, -0.36, 0.0], [-0.0625, -0.01, -0.2]])
+    rewards = torch.tensor([[0.66, -0.26, -0.5], [0.3875, 0.09, float("nan")]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    parsed = torch.tensor([[True, True, False], [True, True, True]])  # the masked one is not valid
+    tag, answer = split_advantages(info, calib, rewards, valid, parsed)
+    d = 0.2 + 0.1 / 3
+    _close(tag, torch.tensor([[0.16 + d, -0.16 + d, -0.5 + 0.1 / 3], [-0.02625, 0.02625, 0.0]]))
+    _close(answer, torch.tensor([[0.3 + d, -0.3 + d, -0.5 + 0.1 / 3], [0.175, -0.175, 0.0]]))
+
+
+def test_split_advantages_add_up_to_the_sequence_advantage_without_parse_failures():
+    from grpo_ao.loss import split_advantages
+
+    g = torch.Generator().manual_seed(0)
+    info, calib = torch.rand(4, 6, generator=g), -torch.rand(4, 6, generator=g)
+    valid = torch.ones(4, 6, dtype=torch.bool)
+    tag, answer = split_advantages(info, calib, info + calib, valid, valid)
+    _close(tag + answer, group_advantages(info + calib, valid))
+
+
+def test_route_advantages_gives_tag_tokens_the_tag_advantage():
+    from grpo_ao.loss import route_advantages
+
+    tag_mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    out = route_advantages(torch.tensor([1.0, -2.0]), torch.tensor([5.0, 7.0]), tag_mask)
+    _close(out, torch.tensor([[1.0, 1.0, 5.0, 5.0], [-2.0, 7.0, 7.0, 7.0]]))
+
+
+def test_policy_loss_with_per_token_advantages_equals_per_rollout_when_constant():
+    lp, old, _, adv, mask = _random_batch()
+    t = lp.shape[1]
+    a, _ = policy_loss(lp, old, adv, mask, max_new_tokens=t)
+    b, _ = policy_loss(lp, old, adv.unsqueeze(1).expand(-1, t), mask, max_new_tokens=t)
+    _close(a, b)

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from grpo_ao import metrics, run_info
+from grpo_ao.config import STAGES
 from grpo_ao.metrics import (
     ALL_METRICS,
+    CONDITIONAL_METRICS,
+    STAGE_METRICS,
     JsonlSink,
     MetricSink,
     MultiSink,
@@ -30,10 +33,45 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 
 def test_docs_table_lists_exactly_the_metric_constants():
     rows = re.findall(r"^\|\s*`([^`]+)`\s*\|", DOCS.read_text(encoding="utf-8"), flags=re.MULTILINE)
-    assert len(rows) == 53, f"found {len(rows)} metric rows in {DOCS}"
+    assert len(rows) == 51, f"found {len(rows)} metric rows in {DOCS}"
     assert rows == list(ALL_METRICS)
     assert len(set(ALL_METRICS)) == len(ALL_METRICS)
-    assert all(re.fullmatch(r"[a-z]+/[a-z0-9_]+", name) for name in ALL_METRICS)
+    assert all(re.fullmatch(r"[a-z_]+/[a-z0-9_]+", name) for name in ALL_METRICS)
+    # every documented name belongs to a stage, and every stage's name is documented
+    assert set().union(*STAGE_METRICS.values()) == set(ALL_METRICS)
+    assert set(STAGE_METRICS) == set(STAGES) and CONDITIONAL_METRICS <= set(ALL_METRICS)
+
+
+STAGE_OVERRIDES = {
+    "sft": ["sft.num_examples=4", "sft.heldout_examples=2", "sft.epochs=1", "sft.batch_size=4",
+            "sft.answer_max_new_tokens=4"],
+    "grpo": ["grpo.max_steps=2", "grpo.prompts_per_step=2", "sampling.num_generations=2", "sampling.max_new_tokens=4",
+             "logging.checkpoint_every=2"],
+    "eval": ["eval.num_examples=16", "eval.max_new_tokens=4"],
+}
+"""The smallest tiny run of each stage (ao_sft: its own recipe test checks `STAGE_METRICS["ao_sft"]`)."""
+
+
+def test_each_stage_logs_exactly_the_documented_names_of_that_stage(tmp_path):
+    """sft → grpo (from the SFT adapter) → eval on the tiny model; each run directory's metrics.jsonl holds
+    exactly that stage's names (eval writes none: its numbers are in eval.json)."""
+    from grpo_ao.config import load_config
+    from grpo_ao.recipes import evaluate, grpo, sft
+
+    def cfg(stage, *extra):
+        return load_config("tiny", ["logging.progress=false", f"logging.output_dir={tmp_path / stage}",
+                                    *STAGE_OVERRIDES[stage], *extra])
+
+    adapter = sft.run(cfg("sft"))["adapter"]
+    grpo.run(cfg("grpo", f"model.adapter={adapter}"))
+    report = evaluate.run(cfg("eval"), adapters=[f"sft={adapter}"])
+    assert report["num_items"] == 16 and (tmp_path / "eval" / "eval.json").is_file()
+    not_here = set() if torch.cuda.is_available() else {metrics.PERF_PEAK_MEMORY_GB}  # CONDITIONAL_METRICS
+    for stage in STAGE_OVERRIDES:
+        records = read_metrics(tmp_path / stage)
+        logged = {name for r in records for name in r} - {"step", "time"}
+        assert logged == set(STAGE_METRICS[stage]) - not_here, (stage, logged ^ set(STAGE_METRICS[stage]))
+    assert [r["step"] for r in read_metrics(tmp_path / "grpo")] == [1, 2]
 
 
 def test_confidence_histogram_counts_parsed_completions_only():

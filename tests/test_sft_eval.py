@@ -84,8 +84,12 @@ def test_eval_cli_writes_table_json_and_readable_pngs(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     from grpo_ao.recipes.evaluate import TABLE_COLUMNS
 
+    shuffled = report["adapters"]["base"]["controls"]["shuffled"]
+    numbers = {**summary, "shuffled_accuracy": shuffled["summary"]["accuracy"],
+               "accuracy_delta": shuffled["accuracy_delta"]}
+    assert len(cells) == len(TABLE_COLUMNS) + 1
     for (_, key), cell in zip(TABLE_COLUMNS, cells[1:]):  # the table is the JSON, rounded
-        value = summary.get(key)
+        value = numbers[key]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             assert cell == "–"
         else:
@@ -94,7 +98,9 @@ def test_eval_cli_writes_table_json_and_readable_pngs(tmp_path):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     records = [json.loads(line) for line in (out / "eval_records_base.jsonl").read_text().splitlines()]
-    assert len(records) == 12
+    control = [json.loads(line) for line in (out / "eval_records_base_shuffled.jsonl").read_text().splitlines()]
+    assert len(records) == len(control) == 12 and shuffled["summary"]["n"] == 12
+    assert all(r["donor"] != r["item"] for r in control)
     # parse failures never enter calibration: Brier is None when nothing parsed
     if summary["n_parsed"] == 0:
         assert summary["brier_correct"] is None and summary["ece_correct"] is None
@@ -149,4 +155,4 @@ def test_eval_adapter_labels_are_unique_and_name_the_run_and_step():
     cfg = load_config("tiny")
     with pytest.raises(GrpoAoError, match="name more than one adapter"):
         parse_adapters(cfg, ["org/one", "a=org/two", "a=org/three"])
-    assert parse_adapters(cfg, ["base", "org/one"]) == [("base", None), ("one", "org/one")]
+    assert parse_adapters(cfg, ["base", "org/one", "none"]) == [("base", None), ("one", "org/one"), ("none", None)]

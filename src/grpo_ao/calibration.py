@@ -13,7 +13,6 @@ inputs give None, never NaN. No temperature scaling or other recalibration happe
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,10 +21,6 @@ import numpy as np
 
 N_BINS = 10
 """Default number of equal-width confidence bins."""
-_FIRST_WORD = re.compile(r"[a-z]+")  # first run of letters: skips leading "**", "- ", quotes
-_YES = {"yes", "yeah", "yep", "yup"}
-_NO = {"no", "nope"}
-_TAG = re.compile(r"^\s*\[epistemic status:\s*\d+\s*\]", re.IGNORECASE)
 
 
 def _arrays(conf: Sequence[float], targets: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -139,39 +134,6 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return float((r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def lenient_yes_no(text: str) -> str | None:
-    """"yes"/"no" when the answer's first word says so, else None.
-
-    The first word (letters only, any case, after an optional `[epistemic status: X]` tag and leading
-    punctuation/markdown) is looked up: yes/yeah/yep/yup -> "yes", no/nope -> "no". Anything else,
-    e.g. "I think not" or "The answer is yes", gives None: we do not guess from later words.
-
-    >>> lenient_yes_no("Yes, it is about cooking.")
-    'yes'
-    >>> lenient_yes_no("**No.**"), lenient_yes_no("I think not")
-    ('no', None)
-    """
-    m = _FIRST_WORD.search(_TAG.sub("", text).lower())
-    if m is None:
-        return None
-    word = m.group(0)
-    return "yes" if word in _YES else "no" if word in _NO else None
-
-
-def yes_no_correct(answer: str, reference: str | None) -> bool | None:
-    """Whether `answer` gives the yes/no `reference`; None when the reference is not yes/no (unknown).
-
-    An answer without a leading yes/no (`lenient_yes_no` is None) to a yes/no question counts as wrong.
-
-    >>> yes_no_correct("Yes, about cooking.", "Yes"), yes_no_correct("Maybe", "No"), yes_no_correct("x", "cooking")
-    (True, False, None)
-    """
-    ref = reference.strip().lower().rstrip(".!") if reference is not None else ""
-    if ref not in ("yes", "no"):
-        return None
-    return lenient_yes_no(answer) == ref
-
-
 @dataclass(frozen=True)
 class EvalRecord:
     """One evaluated oracle answer."""
@@ -226,7 +188,9 @@ def _summary(recs: list[EvalRecord]) -> dict[str, Any]:
     correct = np.array([bool(r.correct) for r in parsed if r.correct is not None], dtype=bool)  # [M]
     conf_ref = conf[has_ref]  # [M]
     out["n_correct_known"] = int(correct.size)
-    out["accuracy"] = _mean(correct.astype(np.float64))
+    graded = [bool(r.correct) for r in recs if r.correct is not None]  # parse failures included
+    out["n_graded"] = len(graded)
+    out["accuracy"] = _mean(np.array(graded, dtype=np.float64))
     out.update(_target_metrics(conf_ref, correct.astype(np.float64), "correct"))
     out["auroc_correct"] = auroc(conf_ref, correct)
     out["mean_confidence_correct"] = _mean(conf_ref[correct])
@@ -237,13 +201,15 @@ def _summary(recs: list[EvalRecord]) -> dict[str, Any]:
 def summarize(records: Sequence[EvalRecord | Mapping[str, Any]]) -> dict[str, Any]:
     """All evaluation numbers of a list of answers, as a JSON-serialisable dict.
 
-    Over PARSED answers only (parse failures count only in `parse_rate` = n_parsed / n):
+    `accuracy` = share of correct answers over ALL answers with a known `correct` (`n_graded` of them),
+    parse failures included: what the oracle says is graded whether or not its tag parsed, so an oracle
+    without the format (the bare model, the AO stage) still has an accuracy.
+    Everything else is over PARSED answers only (parse failures count only in `parse_rate` = n_parsed / n):
     `mean_confidence` (of X/10), `confidence_hist` (11 counts, X = 0..10); against informativeness
     (answers with a judge score): `mean_informativeness`, `brier_info`, `ece_info`, `mce_info`,
-    `reliability_info`; against correctness (answers with a known `correct`): `accuracy`,
-    `brier_correct`, `ece_correct`, `mce_correct`, `reliability_correct`, `auroc_correct` (confidence
+    `reliability_info`; against correctness (parsed answers with a known `correct`): `brier_correct`, `ece_correct`, `mce_correct`, `reliability_correct`, `auroc_correct` (confidence
     separating correct from incorrect), `mean_confidence_correct`, `mean_confidence_incorrect`; the
-    counts `n`, `n_parsed`, `n_informativeness`, `n_correct_known`; and `per_family` with the same keys
+    counts `n`, `n_parsed`, `n_informativeness`, `n_correct_known` (parsed), `n_graded`; and `per_family` with the same keys
     per task family. A metric without data is None. Formulas: accuracy = (1/M) Σ y_i; Brier, ECE, MCE
     and AUROC as in `brier_score`, `expected_calibration_error`, `max_calibration_error`, `auroc`.
 

@@ -25,10 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "confidence using Dr. GRPO.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="the main job: format SFT → GRPO → evaluation (default: embedded SmolLM2 demo)")
+    p = sub.add_parser("run", help="the main job: (AO pretraining →) format SFT → GRPO → evaluation (default: embedded SmolLM2 demo)")
     _training_args(p, default_config="")
     p = sub.add_parser("grpo", help="Dr. GRPO training")
     _training_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p = sub.add_parser("ao-sft", help="AO pretraining: teach a base model to answer questions from activations")
+    _training_args(p, max_steps=False)
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     p = sub.add_parser("sft", help="format SFT: teach the [epistemic status: X] format")
     _training_args(p)
@@ -42,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="calibration evaluation: Brier, ECE, AUROC, reliability diagrams")
     _training_args(p, max_steps=False)
     p.add_argument("--adapter", action="append", default=[], metavar="PATH",
-                   help="adapter to evaluate (repeatable; 'base' = the config's starting adapter)")
+                   help="adapter to evaluate (repeatable; 'base' = the config's starting adapter, "
+                        "'none' = the bare base model)")
     p = sub.add_parser("bench", help="speed/memory of batched sampling and logprobs vs the naive loop")
     _training_args(p, max_steps=False)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported)")
@@ -102,6 +106,10 @@ def dispatch(args: argparse.Namespace) -> int:
         summary = grpo.run(_load(args), resume=args.resume)
         print(f"GRPO done: reward first 20% {summary['reward_first_20pct']}, last 20% "
               f"{summary['reward_last_20pct']}; adapter {summary['adapter']}")
+    elif args.command == "ao-sft":
+        from grpo_ao.recipes import ao_sft
+
+        ao_sft.run(_load(args), resume=args.resume)
     elif args.command == "sft":
         from grpo_ao.recipes import sft
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,13 +21,18 @@ from typing import Any
 
 import yaml
 
-from grpo_ao.data import DataConfig
+from grpo_ao.data import DataConfig, load_examples
+from grpo_ao.data.config import BUILTIN_SOURCES
 from grpo_ao.errors import GrpoAoError, require
 from grpo_ao.format import ORACLE_SYSTEM_PROMPT, SYSTEM_PROMPT_MODES
 from grpo_ao.judge import JudgeConfig
 from grpo_ao.models import LoraSettings, ModelConfig
 from grpo_ao.reward import RewardConfig
 from grpo_ao.rollout import SamplingConfig
+
+STAGES = ("ao_sft", "sft", "grpo", "eval")
+"""The stages `grpo-ao run` knows, in the only order it runs them."""
+ADVANTAGE_ROUTINGS = ("sequence", "split")
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class OracleConfig:
         require(self.system_prompt_mode in SYSTEM_PROMPT_MODES,
                f"oracle.system_prompt_mode={self.system_prompt_mode!r}; use one of {SYSTEM_PROMPT_MODES}.")
         require(self.injection_layer >= 0, f"oracle.injection_layer={self.injection_layer} must be >= 0.")
+        require(math.isfinite(self.steering_coef),
+               f"oracle.steering_coef={self.steering_coef} must be a finite number (1.0 is the published setting).")
 
     @property
     def prompt_text(self) -> str | None:
@@ -91,18 +101,69 @@ class GrpoConfig:
     """Recompute activations in backward (works with the injection hook)."""
     max_judge_outage_steps: int = 3
     """Stop with an error after this many consecutive steps in which every judge call failed (0 = never)."""
+    advantage_routing: str = "sequence"
+    """sequence | split. With split, the tokens of the `[epistemic status: X]` tag get the group advantage of
+    the calibration part of the reward (−λ·(X/10 − target)²) and the answer tokens the group advantage of the
+    informativeness part; parse failures keep the sequence advantage."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "prompts_per_step", "grad_accum_steps", "micro_batch_size", "num_iterations"):
             require(getattr(self, name) >= 1, f"grpo.{name}={getattr(self, name)} must be >= 1.")
-        require(self.lr > 0, f"grpo.lr={self.lr} must be > 0.")
+        require_optimizer("grpo", self.lr, self.warmup_steps, self.max_grad_norm)
+        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+               f"grpo.weight_decay={self.weight_decay} must be a finite number >= 0.")
+        require(0 < self.epsilon < 1, f"grpo.epsilon={self.epsilon} must be in (0, 1): the ratio is clipped to "
+               "[1 - epsilon, 1 + epsilon_high]. The usual value is 0.2.")
+        require(self.epsilon_high is None or 0 < self.epsilon_high < math.inf,
+               f"grpo.epsilon_high={self.epsilon_high} must be a finite number > 0, or null (= epsilon).")
+        require(self.max_judge_outage_steps >= 0,
+               f"grpo.max_judge_outage_steps={self.max_judge_outage_steps} must be >= 0 (0 = never stop).")
         require(self.lr_schedule in ("constant", "linear", "cosine"),
                f"grpo.lr_schedule={self.lr_schedule!r}; use constant, linear or cosine.")
         require(self.loss_type in ("dr_grpo", "grpo", "dapo"),
                f"grpo.loss_type={self.loss_type!r}; use dr_grpo, grpo or dapo.")
         require(self.scale_rewards in ("none", "group", "batch"),
                f"grpo.scale_rewards={self.scale_rewards!r}; use none, group or batch.")
-        require(self.beta >= 0, f"grpo.beta={self.beta} must be >= 0.")
+        require(math.isfinite(self.beta) and self.beta >= 0, f"grpo.beta={self.beta} must be a finite number >= 0.")
+        require(self.advantage_routing in ADVANTAGE_ROUTINGS,
+               f"grpo.advantage_routing={self.advantage_routing!r}; use sequence or split.")
+
+
+@dataclass(frozen=True)
+class AoSftConfig:
+    """AO pretraining (`grpo-ao ao-sft`): teacher-forced (activations → reference answer) on classification
+    items plus self-supervised context prediction, for models without a published oracle."""
+
+    num_examples: int = 2048
+    """Training items."""
+    heldout_examples: int = 128
+    """Held-out items, drawn from held-out examples disjoint from the training ones."""
+    heldout_contexts: int = 24
+    """Contexts of data.source reserved for the held-out items, never trained on."""
+    context_prediction_frac: float = 0.25
+    """Share of items that are self-supervised context prediction (predict k tokens next to the read ones)."""
+    context_prediction_tokens: int = 4
+    """k, tokens to predict (next or previous) in a context-prediction item."""
+    epochs: int = 2
+    """Passes over the training items."""
+    batch_size: int = 16
+    """Sequences per optimizer step."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    max_answer_tokens: int = 12
+    """Cap on the tokens of a teacher-forced answer."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_examples", "heldout_examples", "heldout_contexts", "context_prediction_tokens", "epochs",
+                     "batch_size", "max_answer_tokens"):
+            require(getattr(self, name) >= 1, f"ao_sft.{name}={getattr(self, name)} must be >= 1.")
+        require(0 <= self.context_prediction_frac < 1,
+               f"ao_sft.context_prediction_frac={self.context_prediction_frac} must be in [0, 1).")
+        require_optimizer("ao_sft", self.lr, self.warmup_steps, self.max_grad_norm)
 
 
 @dataclass(frozen=True)
@@ -137,6 +198,7 @@ class SftConfig:
         for name in ("num_examples", "heldout_examples", "epochs", "batch_size", "answer_max_new_tokens",
                      "expand_max_words"):
             require(getattr(self, name) >= 1, f"sft.{name}={getattr(self, name)} must be >= 1.")
+        require_optimizer("sft", self.lr, self.warmup_steps, self.max_grad_norm)
 
 
 @dataclass(frozen=True)
@@ -152,10 +214,11 @@ class EvalConfig:
     max_new_tokens: int = 48
     """Answer length cap."""
     batch_size: int = 16
-    """Prompts per generate call."""
+    """Prompts per generate call (also the batch of SFT target generation and held-out parse rates)."""
 
     def __post_init__(self) -> None:
-        require(self.num_examples >= 1, f"eval.num_examples={self.num_examples} must be >= 1.")
+        for name in ("num_examples", "max_new_tokens", "batch_size"):
+            require(getattr(self, name) >= 1, f"eval.{name}={getattr(self, name)} must be >= 1.")
 
 
 @dataclass(frozen=True)
@@ -167,9 +230,10 @@ class LoggingConfig:
     samples_every: int = 5
     """Write a samples file every N steps (0 = never)."""
     checkpoint_every: int = 50
-    """Checkpoint every N optimizer steps (and always at the end)."""
+    """Checkpoint every N optimizer steps (and always at the end); a value >= grpo.max_steps checkpoints only at
+    the end."""
     keep_last: int = 3
-    """Complete checkpoints kept."""
+    """Complete checkpoints kept (>= 1)."""
     tensorboard: bool = False
     """Also log to TensorBoard (run_dir/tb)."""
     wandb_project: str | None = None
@@ -178,6 +242,14 @@ class LoggingConfig:
     """Hub repo id to push the final adapter to; None = never push."""
     progress: bool = True
     """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        require(self.samples_every >= 0, f"logging.samples_every={self.samples_every} must be >= 0 (0 = never).")
+        require(self.checkpoint_every >= 1,
+               f"logging.checkpoint_every={self.checkpoint_every} must be >= 1; to checkpoint only at the end, "
+               "set it to grpo.max_steps or more.")
+        require(self.keep_last >= 1, f"logging.keep_last={self.keep_last} must be >= 1 (the final checkpoint is "
+               "the trained adapter).")
 
 
 @dataclass(frozen=True)
@@ -204,6 +276,8 @@ class RunConfig:
     """Rollout sampling."""
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     """GRPO optimisation."""
+    ao_sft: AoSftConfig = field(default_factory=AoSftConfig)
+    """AO pretraining stage."""
     sft: SftConfig = field(default_factory=SftConfig)
     """Format SFT stage."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -211,21 +285,85 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Outputs."""
     stages: tuple[str, ...] = ("sft", "grpo", "eval")
-    """What `grpo-ao run` does, in order."""
+    """What `grpo-ao run` does: a subset of ao_sft, sft, grpo, eval, in that order."""
 
     def __post_init__(self) -> None:
-        bad = [s for s in self.stages if s not in ("sft", "grpo", "eval")]
-        require(not bad, f"stages={list(self.stages)} has unknown stages {bad}; use sft, grpo, eval.")
+        require(bool(self.stages), f"stages is empty; list at least one of {', '.join(STAGES)}.")
+        bad = [s for s in self.stages if s not in STAGES]
+        require(not bad, f"stages={list(self.stages)} has unknown stages {bad}; use {', '.join(STAGES)}.")
+        in_order = [s for s in STAGES if s in self.stages]
+        require(list(self.stages) == in_order,
+               f"stages={list(self.stages)} must list each stage once, in the order {', '.join(STAGES)}; "
+               f"use {in_order}.")
         require(not self.sampling.greedy, "sampling.greedy=true would make the G rollouts of a prompt identical "
                "(no reward spread, no gradient); GRPO needs sampling. Use eval.greedy for greedy evaluation.")
+        require(self.sampling.num_generations >= 2,
+               f"sampling.num_generations={self.sampling.num_generations} must be >= 2: a GRPO advantage is a reward "
+               "minus its group's mean, so a group of one has zero advantage and trains nothing. Use 4 or more "
+               "(`grpo-ao observe --num-generations 1` looks at single answers without training).")
+        require(self.sampling.top_k >= 0, f"sampling.top_k={self.sampling.top_k} must be >= 0 (0 turns top-k off).")
         require(not (self.reward.target == "correctness" and self.judge.kind == "openai"
                     and not self.judge.with_correctness),
                "reward.target=correctness needs the judge's correct/incorrect verdict: set "
                "judge.with_correctness=true (or use reward.target=informativeness).")
+        require(not self.sft.expand_open_answers or self.judge.kind == "openai",
+               f"sft.expand_open_answers=true rewrites answers with the hosted judge model, but "
+               f"judge.kind={self.judge.kind}. Set judge.kind=openai (with judge.base_url, judge.model and the API "
+               "key variable), or turn the option off: sft.expand_open_answers=false.")
+        if is_local(self.data):  # cheap to read now; an hf: source is checked by the recipe before model work
+            require_data_fits(self, count_contexts(self.data))
+        if is_local(self.eval.data):
+            count_contexts(self.eval.data)  # the eval set loads and has a valid row
 
     @property
     def run_dir(self) -> Path:
         return Path(self.logging.output_dir or Path("runs") / self.name)
+
+
+def require_optimizer(section: str, lr: float, warmup_steps: int, max_grad_norm: float) -> None:
+    """The optimizer fields every training section has: lr > 0, warmup_steps >= 0, max_grad_norm > 0, finite."""
+    require(0 < lr < math.inf, f"{section}.lr={lr} must be a finite number > 0.")
+    require(warmup_steps >= 0, f"{section}.warmup_steps={warmup_steps} must be >= 0.")
+    require(0 < max_grad_norm < math.inf, f"{section}.max_grad_norm={max_grad_norm} must be a finite number > 0 "
+           "(the gradient is clipped to this norm).")
+
+
+@functools.lru_cache(maxsize=8)
+def _count_contexts(data: DataConfig, stamp: float) -> int:
+    with warnings.catch_warnings():  # bad rows are reported, file:line, when the recipe loads the data
+        warnings.simplefilter("ignore")
+        return len({ex.context for ex in load_examples(data)})
+
+
+def is_local(data: DataConfig) -> bool:
+    """A built-in set or a JSONL file: cheap enough to read while the config loads (an `hf:` source is not)."""
+    return data.source in BUILTIN_SOURCES or data.source.endswith(".jsonl")
+
+
+def count_contexts(data: DataConfig) -> int:
+    """Distinct contexts among the valid examples of `data` (read once per file version; `hf:` sources too, so
+    call it for those only where loading is acceptable). Contexts too short for data.min_positions tokens are
+    counted: they need the tokenizer, and the sampler drops them later with a warning."""
+    path = Path(data.source).expanduser()
+    return _count_contexts(data, path.stat().st_mtime if path.is_file() else 0.0)
+
+
+def require_data_fits(cfg: RunConfig, num_contexts: int) -> None:
+    """Held-out sets that must not overlap training fit in `num_contexts` distinct contexts of data.source.
+
+    SFT draws its num_examples training and then its heldout_examples held-out tasks from one pass over the
+    shuffled examples, so the two are disjoint only when num_examples + heldout_examples <= num_contexts. AO
+    pretraining reserves ao_sft.heldout_contexts and needs at least one context left to train on. Checked at load
+    for built-in and JSONL sources; a recipe calls it for an `hf:` source once the data is loaded.
+    """
+    src, sft = cfg.data.source, cfg.sft
+    require(sft.num_examples + sft.heldout_examples <= num_contexts,
+           f"sft.num_examples + sft.heldout_examples = {sft.num_examples} + {sft.heldout_examples} is more than the "
+           f"{num_contexts} contexts of data.source={src!r}, so held-out prompts would repeat training contexts. "
+           f"Lower them to a total of at most {num_contexts}, or use more data.")
+    require(cfg.ao_sft.heldout_contexts < num_contexts,
+           f"ao_sft.heldout_contexts={cfg.ao_sft.heldout_contexts} leaves none of the {num_contexts} contexts of "
+           f"data.source={src!r} to train on; use at most {num_contexts - 1}, or more data.")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -276,7 +414,14 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
             hint = f" Did you mean {close[0]!r}?" if close else f" Known fields: {', '.join(names)}."
             raise GrpoAoError(f"Unknown config field {path!r}.{hint}")
         kwargs[key] = _convert(hints[key], value, path)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except GrpoAoError as e:  # a section reused deeper (eval.data is a DataConfig) names its full path
+        name = where.rpartition(".")[2]
+        message = str(e)
+        if "." not in where or not message.startswith(f"{name}."):
+            raise
+        raise GrpoAoError(f"{where}{message[len(name):]}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

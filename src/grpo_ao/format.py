@@ -221,3 +221,24 @@ def format_epistemic_status(confidence: int, answer: str) -> str:
     if not 0 <= int(confidence) <= 10:
         raise ValueError(f"confidence must be an integer in 0..10, got {confidence}")
     return f"[epistemic status: {int(confidence)}] {answer}"
+
+
+_TAG_PREFIX_RE = re.compile(r"^\s*(?:<think>\s*</think>\s*)?\[\s*epistemic\s+status\s*:\s*\d{1,2}\s*\]", re.IGNORECASE)
+
+
+def tag_token_mask(tokenizer: Any, completion_ids: torch.Tensor, parsed_ok: list[bool]) -> torch.Tensor:
+    """Which completion tokens spell the `[epistemic status: X]` tag: the shortest prefix of a parsed
+    completion whose decoded text contains the whole tag (the token holding "]" included).  [N, T] -> [N, T] bool
+
+    Rows that did not parse get no tag tokens (their tokens all take the sequence advantage).
+    """
+    mask = torch.zeros(completion_ids.shape, dtype=torch.bool)  # [N, T]
+    for n, ok in enumerate(parsed_ok):
+        if not ok:
+            continue
+        ids = completion_ids[n].tolist()
+        for t in range(1, len(ids) + 1):
+            if _TAG_PREFIX_RE.match(tokenizer.decode(ids[:t], skip_special_tokens=True)):
+                mask[n, :t] = True
+                break
+    return mask

@@ -93,6 +93,44 @@ def group_advantages(rewards: Tensor, valid: Tensor, scale_rewards: str = "none"
     return advantages
 
 
+def split_advantages(info_part: Tensor, calib_part: Tensor, rewards: Tensor, valid: Tensor,
+                     parsed: Tensor) -> tuple[Tensor, Tensor]:
+    """Token-routed advantages: the tag tokens are credited with the calibration part of the reward, the
+    answer tokens with the informativeness part.  [B, G] x 5 -> ([B, G] tag, [B, G] answer)
+
+    With r = u + c, u = info (+ bonus) and c = −λ·(X/10 − target)², over the parsed and judged members P of
+    group i and the valid members V (P plus the parse failures):
+        δ_i         = mean_P(r_i) − mean_V(r_i)      (what parsing earned in the group)
+        A_tag_ij    = c_ij − mean_P(c_i) + δ_i
+        A_answer_ij = u_ij − mean_P(u_i) + δ_i
+    A parse failure keeps the sequence advantage r_ij − mean_V(r_i) in both outputs (it has no parts).
+    With no parse failure δ = 0 and A_tag + A_answer = r − mean(r), the sequence advantage. Only
+    `scale_rewards="none"` (Dr. GRPO) is defined. The prototype spread calibration credit over the whole
+    answer and collapsed to one confidence; this gives the tag its own signal.
+
+    Args:
+        info_part: u, [B, G]; any value where not parsed-and-judged.
+        calib_part: c, [B, G]; any value where not parsed-and-judged.
+        rewards: r, [B, G] totals; any value where invalid.
+        valid: [B, G] bool, r is known (parsed and judged, or a parse failure).
+        parsed: [B, G] bool, the tag parsed and the judge scored it (u and c are known).
+    """
+    valid, parsed = valid.bool(), parsed.bool() & valid.bool()  # [B, G]
+    seq = group_advantages(rewards, valid)  # [B, G]
+    zero = torch.zeros_like(rewards)
+    r = torch.where(valid, rewards, zero)  # [B, G]
+    delta = masked_mean(r, parsed, dim=1) - masked_mean(r, valid, dim=1)  # [B]
+    tag = group_advantages(torch.where(parsed, calib_part, zero), parsed) + delta.unsqueeze(1)  # [B, G]
+    answer = group_advantages(torch.where(parsed, info_part, zero), parsed) + delta.unsqueeze(1)  # [B, G]
+    return torch.where(parsed, tag, seq), torch.where(parsed, answer, seq)
+
+
+def route_advantages(tag_adv: Tensor, answer_adv: Tensor, tag_mask: Tensor) -> Tensor:
+    """Per-token advantages: A_nt = tag_adv_n where token t belongs to the tag, else answer_adv_n.
+    [N], [N], [N, T] bool -> [N, T]"""
+    return torch.where(tag_mask.bool(), tag_adv.unsqueeze(1), answer_adv.unsqueeze(1))  # [N, T]
+
+
 class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(logits / temperature) at `ids`, one row at a time, softmax recomputed in backward.
 
@@ -185,7 +223,8 @@ def policy_loss(
         logprobs: [N, T] policy logprobs of the sampled ids, with gradient.
         old_logprobs: [N, T] logprobs of the policy that sampled, or None when each rollout batch
             gets one update (the ratio is then 1 in value and carries the gradient of `logprobs`).
-        advantages: [N] one advantage per rollout, broadcast over its tokens.
+        advantages: [N] one advantage per rollout, broadcast over its tokens, or [N, T] one per token
+            (`route_advantages`).
         completion_mask: [N, T] 1 for completion tokens, 0 for padding; an all-zero row adds 0.
         epsilon: lower clip range; `epsilon_high` the upper one (default: `epsilon`).
         ref_logprobs: [N, T] logprobs of the frozen reference adapter; needed when beta > 0.
@@ -206,7 +245,8 @@ def policy_loss(
     if old_logprobs is None:
         old_logprobs = logprobs.detach()  # one update per batch: ratio == 1, gradient of logprobs
     ratio = torch.exp(logprobs - old_logprobs)  # [N, T]
-    adv = advantages.to(logprobs.dtype).unsqueeze(1)  # [N, 1]
+    adv = advantages.to(logprobs.dtype)
+    adv = adv if adv.ndim == 2 else adv.unsqueeze(1)  # [N, T] or [N, 1]
     eps_high = epsilon if epsilon_high is None else epsilon_high
     clipped_ratio = ratio.clamp(1 - epsilon, 1 + eps_high)  # [N, T]
     pg = -torch.min(ratio * adv, clipped_ratio * adv)  # [N, T]

@@ -63,12 +63,10 @@ PERF_PEAK_MEMORY_GB = "perf/peak_memory_gb"
 SFT_LOSS = "sft/loss"
 SFT_PARSE_RATE_BEFORE = "sft/parse_rate_before"
 SFT_PARSE_RATE_AFTER = "sft/parse_rate_after"
-EVAL_PARSE_RATE = "eval/parse_rate"
-EVAL_INFO_MEAN = "eval/info_mean"
-EVAL_CONFIDENCE_MEAN = "eval/confidence_mean"
-EVAL_BRIER = "eval/brier"
-EVAL_ECE = "eval/ece"
-EVAL_REWARD_MEAN = "eval/reward_mean"
+AO_SFT_LOSS = "ao_sft/loss"
+AO_SFT_HELDOUT_ACCURACY_BEFORE = "ao_sft/heldout_accuracy_before"
+AO_SFT_HELDOUT_ACCURACY_AFTER = "ao_sft/heldout_accuracy_after"
+AO_SFT_HELDOUT_SHUFFLED_ACCURACY_AFTER = "ao_sft/heldout_shuffled_accuracy_after"
 
 
 def confidence_hist_key(level: int) -> str:
@@ -83,7 +81,7 @@ def confidence_histogram(confidences: Iterable[int | None]) -> dict[str, float]:
     return {confidence_hist_key(x): parsed.count(x) / max(len(parsed), 1) for x in CONFIDENCE_LEVELS}
 
 
-ALL_METRICS: tuple[str, ...] = (
+GRPO_METRICS: tuple[str, ...] = (
     REWARD_MEAN, REWARD_STD, REWARD_INFO, REWARD_BRIER, REWARD_BONUS,
     CALIB_CONFIDENCE_MEAN, *(confidence_hist_key(x) for x in CONFIDENCE_LEVELS),
     FORMAT_PARSE_RATE,
@@ -92,9 +90,22 @@ ALL_METRICS: tuple[str, ...] = (
     GROUP_ZERO_STD_FRAC, ADV_STD, ROLLOUT_LEN_MEAN, ROLLOUT_TRUNCATED_FRAC,
     LOSS_TOTAL, LOSS_POLICY, LOSS_KL, LOSS_CLIP_FRAC, LOSS_RATIO_MEAN, OPTIM_GRAD_NORM, OPTIM_LR,
     TIME_ROLLOUT_S, TIME_JUDGE_S, TIME_UPDATE_S, TIME_STEP_S, PERF_TOKENS_PER_S, PERF_PEAK_MEMORY_GB,
-    SFT_LOSS, SFT_PARSE_RATE_BEFORE, SFT_PARSE_RATE_AFTER,
-    EVAL_PARSE_RATE, EVAL_INFO_MEAN, EVAL_CONFIDENCE_MEAN, EVAL_BRIER, EVAL_ECE, EVAL_REWARD_MEAN,
 )  # fmt: skip
+"""What `grpo-ao grpo` logs each step (peak memory only where CUDA is available: `CONDITIONAL_METRICS`)."""
+SFT_METRICS: tuple[str, ...] = (SFT_LOSS, OPTIM_GRAD_NORM, OPTIM_LR, SFT_PARSE_RATE_BEFORE, SFT_PARSE_RATE_AFTER)
+"""What `grpo-ao sft` logs: loss, gradient norm and lr per step, the held-out parse rates once at the end."""
+AO_SFT_METRICS: tuple[str, ...] = (
+    AO_SFT_LOSS, OPTIM_GRAD_NORM, OPTIM_LR,
+    AO_SFT_HELDOUT_ACCURACY_BEFORE, AO_SFT_HELDOUT_ACCURACY_AFTER, AO_SFT_HELDOUT_SHUFFLED_ACCURACY_AFTER,
+)  # fmt: skip
+"""What `grpo-ao ao-sft` logs: loss, gradient norm and lr per step, held-out accuracies once at the end."""
+STAGE_METRICS: dict[str, tuple[str, ...]] = {"ao_sft": AO_SFT_METRICS, "sft": SFT_METRICS, "grpo": GRPO_METRICS,
+                                             "eval": ()}
+"""Metric names per stage. `grpo-ao eval` logs none: its numbers are in eval.json and eval.md."""
+CONDITIONAL_METRICS: frozenset[str] = frozenset({PERF_PEAK_MEMORY_GB})
+"""Names a stage logs only in some settings: peak accelerator memory only where CUDA is available."""
+ALL_METRICS: tuple[str, ...] = tuple(dict.fromkeys((*GRPO_METRICS, *SFT_METRICS, *AO_SFT_METRICS)))
+"""Every name, each once, in the order of the docs/metrics.md table."""
 
 
 # --- sinks ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,30 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+BUILTIN_ADAPTER = "builtin:"
+
+
+def builtin_adapters() -> list[str]:
+    """Names of the adapters shipped in grpo_ao/resources/adapters/."""
+    root = resources.files("grpo_ao").joinpath("resources", "adapters")
+    return sorted(p.name for p in root.iterdir() if p.joinpath("adapter_config.json").is_file()) if root.is_dir() else []
+
+
+def resolve_adapter(spec: str | None) -> str | None:
+    """`builtin:NAME` → the shipped adapter's directory; anything else unchanged (hub id, path or None).
+
+    Raises:
+        GrpoAoError: an unknown builtin name.
+    """
+    if spec is None or not spec.startswith(BUILTIN_ADAPTER):
+        return spec
+    name = spec[len(BUILTIN_ADAPTER):]
+    if name not in builtin_adapters():
+        raise GrpoAoError(f"model.adapter={spec!r}: no such shipped adapter; shipped: "
+                          f"{', '.join(BUILTIN_ADAPTER + n for n in builtin_adapters()) or 'none'}.")
+    return str(resources.files("grpo_ao").joinpath("resources", "adapters", name))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which base model to load, and how."""
@@ -52,7 +77,9 @@ class ModelConfig:
     source: str = "tiny"
     """`tiny` (random Qwen3, offline), `smollm2` (embedded SmolLM2-135M-Instruct) or a hub id / path."""
     adapter: str | None = None
-    """LoRA adapter (hub id or local dir) to start the oracle from; None starts a fresh adapter."""
+    """LoRA adapter to start the oracle from: a hub id, a local dir, or `builtin:NAME` (shipped with grpo-ao,
+    e.g. `builtin:smollm2-ao`, the SmolLM2 activation oracle made by `grpo-ao ao-sft`); None starts a fresh
+    adapter."""
     dtype: str = "float32"
     """float32 | bfloat16 | float16. Use bfloat16 on GPUs."""
     device: str = "auto"
@@ -65,6 +92,7 @@ class ModelConfig:
     """Passed to from_pretrained (sdpa, eager, flash_attention_2); None lets transformers choose."""
 
     def __post_init__(self) -> None:
+        resolve_adapter(self.adapter)  # an unknown builtin: name fails at load, not mid-run
         if self.dtype not in DTYPES:
             raise GrpoAoError(f"model.dtype={self.dtype!r} is not supported; use one of {sorted(DTYPES)}.")
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
@@ -278,6 +306,7 @@ def attach_lora(model: Any, settings: LoraSettings, adapter: str | None = None, 
     """Wrap `model` in a peft model: load `adapter` (hub id or dir) or create a fresh LoRA."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    adapter = resolve_adapter(adapter)
     if adapter:
         try:
             return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)

@@ -9,10 +9,12 @@ computed by the trainer (Dr. GRPO: no std division).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from grpo_ao import metrics as m
 from grpo_ao.errors import GrpoAoError
@@ -157,3 +159,37 @@ def _mean(values: Sequence[float]) -> float:
 def _check_confidence(confidence: int) -> None:
     if not 0 <= confidence <= 10:
         raise ValueError(f"confidence must be in 0..10, got {confidence}")
+
+
+def judge_and_reward(judge: Any, tasks: Sequence[Any], parsed: Sequence[Any], num_generations: int,
+                     cfg: RewardConfig, score_parse_failures: bool) -> tuple[list[JudgeResult], list[RewardBreakdown]]:
+    """Judge N = B·G answers (row i answers task i // G) and reward them group by group.
+
+    The one place grpo, observe and eval build judge items and rewards: parse failures are not sent to
+    the judge unless `score_parse_failures` (their reward is fixed), see `judge.score_answers`. Where a
+    task has a reference answer, `correct` (the correctness-target reward) is `grading.grade`'s verdict,
+    the rule the eval uses (a non-answer counts as not correct), whichever judge scored the answer;
+    without a reference it stays the judge's own verdict.
+
+    Args:
+        judge: any `Judge`.
+        tasks: B tasks with `.context`, `.question`, `.reference`.
+        parsed: N `ParsedResponse`s (`.ok`, `.confidence`, `.answer`).
+        num_generations: G.
+        cfg: reward config.
+        score_parse_failures: `JudgeConfig.score_parse_failures`.
+    """
+    from grpo_ao.grading import grade
+    from grpo_ao.judge import JudgeItem, score_answers
+
+    g = num_generations
+    items = [JudgeItem(tasks[i // g].context, tasks[i // g].question, p.answer, tasks[i // g].reference)
+             for i, p in enumerate(parsed)]
+    judged = score_answers(judge, items, [p.ok for p in parsed], score_parse_failures)
+    judged = [dataclasses.replace(j, correct=float(grade(it.question, it.reference, it.answer).correct is True))
+              if j.ok and it.reference is not None else j for it, j in zip(items, judged, strict=True)]
+    breakdowns: list[RewardBreakdown] = []
+    for b in range(len(tasks)):
+        group = slice(b * g, (b + 1) * g)
+        breakdowns += group_rewards([p.confidence for p in parsed[group]], judged[group], cfg)
+    return judged, breakdowns

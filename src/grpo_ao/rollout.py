@@ -8,12 +8,16 @@ Steps for a batch of B tasks (see `generate_rollouts`):
   4. keep the sampled ids and a completion mask. A completion cut at max_new_tokens is marked
      truncated and gets no end-of-turn token. Decode the text for parsing and the judge.
 
-`completion_logprobs` recomputes log-probabilities of the sampled ids in batched padded training
-forwards, with the same injection, at the sampling temperature. We never re-tokenize decoded text.
+`injected_logprobs` recomputes log-probabilities of the sampled ids in batched padded training
+forwards, with the same injection, at the sampling temperature, and keeps the injection hook installed
+until the caller's backward has run inside its `with` block (gradient checkpointing replays the hooked
+block in backward; see `grpo_ao.steering`). `completion_logprobs` is its no-grad form (old and
+reference logprobs, eval). We never re-tokenize decoded text.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -177,11 +181,25 @@ def answer_in_batches(model: Any, tokenizer: Any, tasks: Sequence[Any], sampling
         yield chunk, inputs, generate_rollouts(model, tokenizer, inputs, sampling, injection_layer, coef)
 
 
-def completion_logprobs(model: Any, rollouts: Rollouts, temperature: float,
-                        injection_layer: int = 1, coef: float = 1.0) -> torch.Tensor:
-    """log π(sampled id) at the sampling temperature, in one padded forward with the same injection.
+@contextlib.contextmanager
+def injected_logprobs(model: Any, rollouts: Rollouts, temperature: float,
+                      injection_layer: int = 1, coef: float = 1.0) -> Iterator[torch.Tensor]:
+    """log π(sampled id) at the sampling temperature, one padded forward with the same injection,
+    yielded while the injection hook is still installed. Run the backward inside the block:
 
-    Returns [n, T]; entries outside the completion mask are meaningless (mask them).
+        with injected_logprobs(model, mb, temperature, layer, coef) as logprobs:  # [n, T]
+            loss, st = policy_loss(logprobs, ...)
+            loss.backward()
+
+    Args:
+        model: the oracle (adapter on; train mode for a loss, eval mode for fixed logprobs).
+        rollouts: n rows, prompt [n, P] and completion [n, T] ids with their masks.
+        temperature: the sampling temperature; logits are divided by it.
+        injection_layer: block whose output is steered at the placeholders.
+        coef: steering coefficient.
+
+    Yields:
+        logprobs [n, T]; entries outside the completion mask are meaningless (mask them).
     """
     from grpo_ao.loss import token_logprobs
 
@@ -192,6 +210,17 @@ def completion_logprobs(model: Any, rollouts: Rollouts, temperature: float,
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # [n, P+T]
     t = rollouts.completion_ids.shape[1]
     with inject(model, rollouts.vectors, rollouts.positions, injection_layer, coef):
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+        # use_cache=False: a training forward needs no KV cache
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
                        logits_to_keep=t + 1).logits  # [n, T+1, V]
-    return token_logprobs(logits[:, :-1], rollouts.completion_ids.to(device), temperature)  # [n, T]
+        yield token_logprobs(logits[:, :-1], rollouts.completion_ids.to(device), temperature)  # [n, T]
+
+
+def completion_logprobs(model: Any, rollouts: Rollouts, temperature: float,
+                        injection_layer: int = 1, coef: float = 1.0) -> torch.Tensor:
+    """`injected_logprobs` without gradient (old/reference logprobs, eval): [n, T], masked entries meaningless.
+
+    Always no-grad: a loss needs its backward under the hook, so it uses `injected_logprobs`.
+    """
+    with torch.no_grad(), injected_logprobs(model, rollouts, temperature, injection_layer, coef) as logprobs:
+        return logprobs  # [n, T]

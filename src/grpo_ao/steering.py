@@ -13,6 +13,15 @@ Injection adds, at each placeholder position of decoder block `layer`'s output,
 where `||h||` is the oracle's own activation norm there and the added term is detached. It acts on
 any forward whose sequence covers the placeholder positions (a generation prefill or a training
 forward over prompt + completion) and never on cached single-token decode steps.
+
+The hook stays installed until the training backward has returned (`rollout.injected_logprobs`
+yields inside `inject`). Gradient checkpointing recomputes each decoder block during backward, and
+transformers 5.0–5.22 checkpoint the block's whole `__call__`, forward hooks included (5.23+ only
+its `forward`): a hook removed before `loss.backward()` is missing from block `layer`'s
+recomputation, which then fails (`CheckpointError`, a different number of saved tensors) or yields
+gradients of an un-steered forward. So `Injection.apply` depends only on its input and state fixed
+at construction (it changes nothing but its `calls` counter): a second call on the recomputed
+activations gives the same result and consumes nothing.
 """
 
 from __future__ import annotations
@@ -138,7 +147,11 @@ def extract_activations(
 
 
 class Injection:
-    """State of one installed injection hook; `calls` counts the forwards it modified (for tests)."""
+    """State of one installed injection hook, fixed at construction: `apply` only reads it.
+
+    `calls` (for tests) counts the block outputs `apply` modified; a block that gradient checkpointing
+    recomputes during backward may count again.
+    """
 
     def __init__(self, vectors: Sequence[torch.Tensor], positions: Sequence[Sequence[int]], coef: float):
         if len(vectors) != len(positions):
@@ -183,6 +196,9 @@ def inject(
     coef: float = 1.0,
 ) -> Iterator[Injection]:
     """Install the injection hook on decoder block `layer` for the duration of the block.
+
+    A training forward run under this block must also run its `backward()` under it (see the module
+    docstring: checkpointed blocks are recomputed in backward, hooks included on transformers < 5.23).
 
     Args:
         model: the oracle (plain transformers model or peft-wrapped; the adapter stays as it is).

@@ -7,7 +7,7 @@ The JSONL schema is documented in docs/data.md.
 
 from grpo_ao.data.config import DataConfig
 from grpo_ao.data.loaders import BadRowWarning, builtin_path, load_examples
-from grpo_ao.data.sampler import Task, TaskSampler
+from grpo_ao.data.sampler import Task, TaskSampler, split_examples
 from grpo_ao.data.schema import QA, BadRow, Example, parse_row, strip_yes_no_instruction
 
 __all__ = [
@@ -21,5 +21,6 @@ __all__ = [
     "builtin_path",
     "load_examples",
     "parse_row",
+    "split_examples",
     "strip_yes_no_instruction",
 ]

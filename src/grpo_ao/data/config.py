@@ -25,7 +25,8 @@ class DataConfig:
     split: str = "train"
     """Split to read from an "hf:" source. JSONL and built-in sources have no splits and ignore it."""
     layer_percents: tuple[int, ...] = (25, 50, 75)
-    """Subject layers to read, as percent of depth; each draw picks one uniformly."""
+    """Subject layers to read, as percent of depth (each in 0..99: layer int(num_layers·p/100)); each draw picks
+    one uniformly."""
     min_positions: int = 1
     """Smallest K (number of last context tokens whose activations are injected)."""
     max_positions: int = 5
@@ -57,9 +58,9 @@ class DataConfig:
         if not isinstance(self.split, str) or not self.split:
             raise GrpoAoError(f"data.split must be a non-empty string such as 'train', got {self.split!r}.")
         lp = self.layer_percents
-        if not isinstance(lp, tuple) or not lp or not all(_is_int(p) and 0 <= p <= 100 for p in lp):
-            raise GrpoAoError(f"data.layer_percents must be a non-empty list of integers in 0..100, got {lp!r}. "
-                              "Example: [25, 50, 75].")
+        if not isinstance(lp, tuple) or not lp or not all(_is_int(p) and 0 <= p < 100 for p in lp):
+            raise GrpoAoError(f"data.layer_percents must be a non-empty list of integers in 0..99 (percent of the "
+                              f"subject's depth; 100 would be past its last layer), got {lp!r}. Example: [25, 50, 75].")
         if not _is_int(self.min_positions) or self.min_positions < 1:
             raise GrpoAoError(f"data.min_positions must be an integer >= 1, got {self.min_positions!r}.")
         if not _is_int(self.max_positions) or self.max_positions < self.min_positions:

@@ -132,3 +132,17 @@ class TaskSampler:
         self._pos = int(state["pos"])
         self.epoch = int(state["epoch"])
         self.draws = int(state["draws"])
+
+
+def split_examples(examples: Sequence[Example], heldout: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, heldout): `heldout` examples chosen with `random.Random(seed)`, and every other example whose
+    context is not among theirs. Split by context, never by wrapping a sampler, so the two never share a text.
+    """
+    import random
+
+    order = random.Random(seed).sample(range(len(examples)), len(examples))
+    held_idx = set(order[:heldout])
+    held_texts = {examples[i].context for i in held_idx}
+    train = [ex for i, ex in enumerate(examples) if i not in held_idx and ex.context not in held_texts]
+    return train, [examples[i] for i in sorted(held_idx)]
+

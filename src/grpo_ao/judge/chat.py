@@ -1,13 +1,16 @@
 """One mechanism for every call to an OpenAI-compatible chat API (OpenRouter by default).
 
 The judge (`openai_judge.py`) and the SFT answer expander (`expand.py`) differ only in their `ReplyFormat`:
-how an item becomes a prompt, how a reply becomes a value, and the cache key. The rest is here. Per `ask()`
-call: 1. dedupe identical items, 2. serve what the SQLite cache has (in the format's namespace), 3. send the
-rest concurrently (semaphore) with our own retries, 4. cache the successes and fan results back out.
+how an item becomes a prompt, how a reply becomes `JudgeResult` fields, and the cache key. The rest is here.
+Per `ask()` call: 1. dedupe identical items, 2. serve what the SQLite cache has (in the format's namespace),
+3. send the rest concurrently (semaphore) with our own retries, 4. cache the successes and fan results back
+out. Every request carries `JudgeConfig.reasoning_body` (OpenRouter's `reasoning` field) via `extra_body`.
 
 We deliberately do NOT use the client's built-in retries (`max_retries=0`): we count every attempt, honour
 Retry-After, retry an unparseable reply once, and stop at a global deadline. We never turn an error into a
-value, and `ask()` never raises: a failed item comes back with `value=None` and a reason.
+value, and `ask()` never raises: a failed item comes back as a `JudgeResult` with an `error`. A reasoning
+model that spends all of `max_tokens` thinking (empty reply, finish_reason=length) is such a failure, and
+its error says to raise `judge.max_tokens` or lower `judge.reasoning`.
 The client is created per `ask()` call, because its connection pool is bound to one event loop and
 `run_sync` runs each call in a fresh loop.
 """
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email.utils
 import logging
 import os
 import random
@@ -34,16 +36,19 @@ from dotenv import load_dotenv
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.judge.cache import JudgeCache
 from grpo_ao.judge.config import JudgeConfig
-from grpo_ao.judge.items import JudgeItem, JudgeStats, Reply, dedupe
+from grpo_ao.judge.items import JudgeItem, JudgeResult, JudgeStats, dedupe
+from grpo_ao.judge.retry import backoff_delay, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
+_REASONING_HINT = " (if this endpoint rejects OpenRouter's `reasoning` field, set judge.reasoning=default)"
 T = TypeVar("T")
 
 
 class ReplyFormat(Protocol):
-    """One kind of call: item -> one user message, reply -> value. The value must survive JSON (the cache)."""
+    """One kind of call: item -> one user message, reply -> `JudgeResult` fields (`REPLY_FIELDS`: a judge's
+    informativeness and correct, another kind's value). The fields must survive JSON (the cache)."""
 
     name: str
     """Cache namespace and log prefix, e.g. "judge"."""
@@ -58,8 +63,8 @@ class ReplyFormat(Protocol):
         """The user message, strict output format included."""
         ...
 
-    def parse(self, raw: str) -> tuple[Any, str | None]:
-        """(value, None) for a reply in the strict format, else (None, what is wrong with it)."""
+    def parse(self, raw: str) -> tuple[dict[str, Any] | None, str | None]:
+        """(fields, None) for a reply in the strict format, else (None, what is wrong with it)."""
         ...
 
 
@@ -91,9 +96,9 @@ class _Progress:
 
 @dataclass(frozen=True)
 class _Outcome:
-    """One request's outcome: a parsed value, or an error with whether (and how soon) to retry."""
+    """One request's outcome: the parsed fields, or an error with whether (and how soon) to retry."""
 
-    value: Any = None
+    fields: dict[str, Any] | None = None
     error: str | None = None
     retryable: bool = False
     bad_reply: bool = False
@@ -127,37 +132,6 @@ def run_sync(make: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
-def backoff_delay(cfg: JudgeConfig, retry: int, retry_after_s: float | None, rng: random.Random) -> float:
-    """Seconds to wait before retry k = `retry` (1-based).
-
-    delay_k = min(backoff_max_s, backoff_base_s·2^(k-1)) · U(0.5, 1)   (jitter spreads synchronized clients)
-    delay   = max(delay_k, min(Retry-After, retry_after_max_s))        (honour the server when it asks)
-    """
-    delay = min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** (retry - 1)) * rng.uniform(0.5, 1.0)
-    if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, cfg.retry_after_max_s))
-    return delay
-
-
-def parse_retry_after(headers: object) -> float | None:
-    """Seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date); None when absent or bad."""
-    get = getattr(headers, "get", None)
-    if get is None:
-        return None
-    try:
-        if get("retry-after-ms") is not None:
-            return max(0.0, float(get("retry-after-ms")) / 1000.0)
-        value = get("retry-after")
-        if value is None:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 class ChatCaller:
     """Asks the API about items in one `ReplyFormat`, with dedupe, cache, retries, deadline and counters.
 
@@ -172,27 +146,28 @@ class ChatCaller:
         self.cache = JudgeCache(cache_path) if cache_path is not None else None
         self.stats = JudgeStats(priced=cfg.priced)
         self._rng = random.Random()
+        self._extra_body = {"reasoning": cfg.reasoning_body} if cfg.reasoning_body is not None else None
 
     def __repr__(self) -> str:
         return (f"ChatCaller({self.fmt.name!r}, model={self.cfg.model!r}, base_url={self.cfg.base_url!r}, "
                 f"api_key_env={self.cfg.api_key_env!r}, cache={self.cache!r})")
 
-    async def ask(self, items: Sequence[JudgeItem]) -> list[Reply]:
+    async def ask(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
         """One reply per item, in order; never raises (see module docstring for the steps)."""
         try:
             return await self._ask(items)
         except Exception as exc:  # the caller must never see an API exception; this is a bug path
             log.exception("%s: unexpected error, returning %d items as failed", self.fmt.name, len(items))
             self.stats.failures += len(set(items))
-            return [Reply(None, "", False, 0.0, 0, f"internal error: {exc!r}") for _ in items]
+            return [JudgeResult(error=f"internal error: {exc!r}") for _ in items]
 
-    async def _ask(self, items: Sequence[JudgeItem]) -> list[Reply]:
+    async def _ask(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
         unique, where = dedupe(items)  # 1.
         self.stats.items += len(items)
         self.stats.unique += len(unique)
         keys = [self.fmt.key(item) for item in unique]
         hits = self._cache_get(keys)  # 2.
-        replies: list[Reply | None] = [hits.get(key) for key in keys]
+        replies: list[JudgeResult | None] = [hits.get(key) for key in keys]
         self.stats.cache_hits += len(hits)
         todo = [i for i, reply in enumerate(replies) if reply is None]
         if todo:
@@ -207,7 +182,7 @@ class ChatCaller:
             self._warn_failures(answered)
         return [replies[j] for j in where]
 
-    async def _ask_all(self, items: list[JudgeItem]) -> list[Reply]:
+    async def _ask_all(self, items: list[JudgeItem]) -> list[JudgeResult]:
         """Ask about items concurrently; those unfinished at the global deadline become failures."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
@@ -228,17 +203,18 @@ class ChatCaller:
         for task, state in zip(tasks, progress, strict=True):
             if task.cancelled():
                 error = f"deadline_s={self.cfg.deadline_s} passed after {state.attempts} attempts ({state.error})"
-                replies.append(Reply(None, state.raw, False, elapsed, state.attempts, error))
+                replies.append(JudgeResult(raw=state.raw, latency_s=elapsed, attempts=state.attempts, error=error))
             elif task.exception() is not None:
                 exc = task.exception()
                 log.error("%s: unexpected error in one item", self.fmt.name, exc_info=exc)
-                replies.append(Reply(None, state.raw, False, elapsed, state.attempts, f"internal error: {exc!r}"))
+                replies.append(JudgeResult(raw=state.raw, latency_s=elapsed, attempts=state.attempts,
+                                           error=f"internal error: {exc!r}"))
             else:
                 replies.append(task.result())
         return replies
 
     async def _ask_one(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, item: JudgeItem,
-                       state: _Progress, deadline: float) -> Reply:
+                       state: _Progress, deadline: float) -> JudgeResult:
         """Request until a parseable reply, a non-retryable error, the retry budget or the deadline."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
@@ -246,8 +222,9 @@ class ChatCaller:
         bad_replies = 0
         while True:
             outcome = await self._request(client, semaphore, prompt, state)
-            if outcome.value is not None:
-                return Reply(outcome.value, state.raw, False, time.perf_counter() - started, state.attempts)
+            if outcome.fields is not None:
+                return JudgeResult(**outcome.fields, raw=state.raw, latency_s=time.perf_counter() - started,
+                                   attempts=state.attempts)
             state.error = outcome.error or "unknown error"
             bad_replies += outcome.bad_reply
             if not outcome.retryable or bad_replies > 1 or state.attempts > self.cfg.max_retries:
@@ -260,7 +237,8 @@ class ChatCaller:
                       state.error, delay)
             await asyncio.sleep(delay)
         error = f"{state.error} (after {state.attempts} attempts)"
-        return Reply(None, state.raw, False, time.perf_counter() - started, state.attempts, error)
+        return JudgeResult(raw=state.raw, latency_s=time.perf_counter() - started, attempts=state.attempts,
+                           error=error)
 
     async def _request(self, client: openai.AsyncOpenAI, semaphore: asyncio.Semaphore, prompt: str,
                        state: _Progress) -> _Outcome:
@@ -276,11 +254,13 @@ class ChatCaller:
                 response = await asyncio.wait_for(
                     client.chat.completions.create(
                         model=self.cfg.model, messages=[{"role": "user", "content": prompt}],
-                        temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens),
+                        temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens,
+                        extra_body=self._extra_body),
                     timeout=self.cfg.timeout_s)
             except openai.APIStatusError as exc:
                 status = exc.status_code
-                return _Outcome(None, f"HTTP {status}: {str(exc.message)[:200]}",
+                hint = _REASONING_HINT if status in (400, 422) and self._extra_body else ""
+                return _Outcome(None, f"HTTP {status}: {str(exc.message)[:200]}{hint}",
                                 retryable=status in _RETRY_STATUS or status >= 500,
                                 retry_after_s=parse_retry_after(exc.response.headers))
             except (openai.APITimeoutError, asyncio.TimeoutError):
@@ -297,11 +277,20 @@ class ChatCaller:
         if not choices:
             return _Outcome(None, "bad response: no choices", retryable=True, bad_reply=True)
         state.raw = choices[0].message.content or ""
-        value, error = self.fmt.parse(state.raw)
-        if value is None:
-            reason = f"{error} (finish_reason={choices[0].finish_reason})"
-            return _Outcome(None, f"unparseable reply: {reason}", retryable=True, bad_reply=True)
-        return _Outcome(value)
+        fields, error = self.fmt.parse(state.raw)
+        if fields is None:
+            return _Outcome(None, self._bad_reply_error(error, choices[0].finish_reason, state.raw),
+                            retryable=True, bad_reply=True)
+        return _Outcome(fields)
+
+    def _bad_reply_error(self, error: str | None, finish_reason: object, raw: str) -> str:
+        """Why a reply broke the format; a reply cut off by the token limit says which settings to change."""
+        if finish_reason != "length":
+            return f"unparseable reply: {error} (finish_reason={finish_reason})"
+        where = "with an empty reply (all of it spent reasoning)" if not raw.strip() else "before the format line"
+        lower = f" or lower judge.reasoning (now {self.cfg.reasoning!r})" if self.cfg.reasoning != "none" else ""
+        return (f"reply cut off at judge.max_tokens={self.cfg.max_tokens} {where} (finish_reason=length): "
+                f"raise judge.max_tokens{lower}")
 
     def _count_usage(self, usage: object) -> None:
         """Tokens from the API's `usage` field; cost = tokens · price / 1e6 when priced."""
@@ -313,24 +302,24 @@ class ChatCaller:
             self.stats.cost_usd += (prompt_tokens * self.cfg.price_prompt_per_mtok
                                     + completion_tokens * self.cfg.price_completion_per_mtok) / 1e6
 
-    def _cache_get(self, keys: list[str]) -> dict[str, Reply]:
+    def _cache_get(self, keys: list[str]) -> dict[str, JudgeResult]:
         if self.cache is None or not keys:
             return {}
         try:
-            return self.cache.get_replies(self.fmt.name, keys)
-        except (sqlite3.Error, ValueError) as exc:  # ValueError: a stored value that is not JSON
+            return self.cache.get_many(keys, self.fmt.name)
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a stored row that is not valid
             log.warning("%s: cache read failed (%s); continuing without it", self.fmt.name, exc)
             return {}
 
-    def _cache_put(self, key: str, reply: Reply) -> None:
+    def _cache_put(self, key: str, result: JudgeResult) -> None:
         if self.cache is None:
             return
         try:
-            self.cache.put_reply(self.fmt.name, key, reply)
+            self.cache.put(key, result, self.fmt.name)
         except sqlite3.Error as exc:
             log.warning("%s: cache write failed (%s); the result is used but not stored", self.fmt.name, exc)
 
-    def _warn_failures(self, replies: list[Reply]) -> None:
+    def _warn_failures(self, replies: list[JudgeResult]) -> None:
         reasons = Counter((r.error or "").split(" (after")[0] for r in replies if not r.ok)
         if reasons:
             summary = "; ".join(f"{n}x {reason}" for reason, n in reasons.most_common(3))

@@ -16,6 +16,9 @@ from grpo_ao.errors import GrpoAoError
 JUDGE_KINDS = ("openai", "reference", "constant")
 """Valid values of `JudgeConfig.kind`; `build_judge` maps each to a class in an explicit dict."""
 
+REASONING_LEVELS = ("none", "low", "medium", "high", "default")
+"""Valid values of `JudgeConfig.reasoning`; `JudgeConfig.reasoning_body` says what each one sends."""
+
 ITEM_BLOCK = """\
 Text the subject model processed:
 <text>
@@ -33,6 +36,10 @@ The oracle's answer:
 </answer>"""
 """The item as every prompt to the hosted model shows it (judge and answer expansion alike)."""
 
+# Score bands. The offline reference judge (judge/offline.py, kind=reference) is calibrated to the bands of
+# this rubric: wrong ≈ 0.1, no position ≈ 0.25, correct bare ≈ 0.45, correct with detail ≈ 0.7, so both
+# judges put rewards on one scale. docs/grading.md shows the two side by side; edit the rubric, the offline
+# scores and that table together.
 DEFAULT_TEMPLATE = """\
 You are grading the answer of an *activation oracle*. An activation oracle is a language model that reads \
 another model's hidden states (activations) while that model processes a text. The oracle never sees the \
@@ -75,9 +82,19 @@ class JudgeConfig:
     """NAME of the environment variable holding the API key (kind=openai); a `.env` file in the working
     directory is loaded first. The key itself never goes into the config."""
     temperature: float = 0.0
-    """Judge sampling temperature. 0 makes replies (and so the cache) as deterministic as the API allows."""
+    """Judge sampling temperature. 0 makes replies (and so the cache) as deterministic as the API allows. Part
+    of the cache key."""
     max_tokens: int = 1024
-    """Upper bound on the judge's reply length in tokens (reasoning models spend some of it thinking)."""
+    """Upper bound on the judge's reply length in tokens, hidden reasoning included: a reasoning model that
+    spends it all thinking returns an empty reply (finish_reason=length), counted as a failure. Part of the
+    cache key."""
+    reasoning: str = "none"
+    """How much a reasoning judge model thinks before it answers (OpenRouter's `reasoning` request field):
+    "none" (off; the default, since the shipped z-ai/glm-4.7-flash can switch thinking off and the prompt
+    already asks for a brief visible rationale), "low" / "medium" / "high" (effort, roughly 20/50/80 % of
+    max_tokens), or "default" (send no `reasoning` field: the model's own default; use this for endpoints
+    that reject the field, e.g. api.openai.com). Reasoning tokens are billed as completion tokens, so this is
+    also the main cost lever. The reasoning text is never returned. Part of the cache key."""
     timeout_s: float = 60.0
     """Per-request timeout in seconds; a request that takes longer counts as a failed, retryable attempt."""
     max_retries: int = 5
@@ -110,10 +127,17 @@ class JudgeConfig:
     """Informativeness (and `correct`) returned for every item by kind=constant, in [0, 1]."""
     with_correctness: bool = False
     """Also ask the judge whether the answer is correct (0/1), for the correctness-target reward."""
+    score_parse_failures: bool = False
+    """Also send answers whose "[epistemic status: X]" tag did not parse to the judge. False (default): their
+    reward is the fixed parse-failure penalty whatever the judge says, so they are not sent (fewer calls) and
+    come back marked `skipped`, never as judge failures. True: they are judged too (the score is only
+    reported). Rule: `grpo_ao.judge.score_answers`."""
 
     def __post_init__(self) -> None:
         if self.kind not in JUDGE_KINDS:
             _fail("kind", self.kind, f"use one of {', '.join(JUDGE_KINDS)}")
+        if self.reasoning not in REASONING_LEVELS:
+            _fail("reasoning", self.reasoning, f"use one of {', '.join(REASONING_LEVELS)}")
         if not _ENV_NAME.match(self.api_key_env):
             _fail("api_key_env", "<hidden>", "give the NAME of an environment variable, e.g. OPENROUTER_API_KEY, "
                   "not the key itself")
@@ -154,6 +178,34 @@ class JudgeConfig:
     def output_format(self) -> str:
         """The strict output instruction appended to the prompt; the reply parser expects exactly this."""
         return _CORRECT_FORMAT if self.with_correctness else _SCORE_FORMAT
+
+    @property
+    def reasoning_body(self) -> dict[str, object] | None:
+        """The request body's `reasoning` object for `reasoning` (None: send none), as OpenRouter documents it.
+
+        Found in OpenRouter's "Reasoning Tokens" guide (https://openrouter.ai/docs/use-cases/reasoning-tokens,
+        now under docs/guides/best-practices/reasoning-tokens): a top-level `reasoning` object with one of
+        `effort` ("high" | "medium" | "low"; newer models also "minimal" | "none") or `max_tokens`, plus
+        `exclude` (default false; true = the model still reasons but the text is left out of the response)
+        and `enabled` (inferred from `effort`/`max_tokens`; false turns reasoning off). The `openai` client
+        does not know the field, so the caller passes this as `extra_body={"reasoning": ...}`.
+
+        >>> JudgeConfig(reasoning="low").reasoning_body
+        {'effort': 'low', 'exclude': True}
+        >>> JudgeConfig(reasoning="none").reasoning_body
+        {'enabled': False, 'exclude': True}
+        """
+        if self.reasoning == "default":
+            return None
+        if self.reasoning == "none":
+            return {"enabled": False, "exclude": True}
+        return {"effort": self.reasoning, "exclude": True}
+
+    @property
+    def reply_settings(self) -> tuple[object, ...]:
+        """Every request setting besides the prompt that changes the reply: (model, temperature, max_tokens,
+        reasoning). Part of every cache key, so changing one of them misses instead of reusing old replies."""
+        return (self.model, self.temperature, self.max_tokens, self.reasoning)
 
     @property
     def template_hash(self) -> str:

@@ -6,9 +6,10 @@ SQLite file), under its own cache namespace "expand"; key = sha256(model, templa
 answer).
 
 Which answers are expanded (`is_terse_open_answer`): the question is open AND the answer has fewer than
-`max_words` whitespace-separated words. A question is open unless its reference answer is "Yes"/"No" (any
-case, punctuation ignored) or its first word is a yes/no opener: Is, Are, Does, Do, Did, Was, Were, Can,
-Could, Will, Would, Has, Have, Should (also their negations, "Isn't", "Doesn't", ...).
+`max_words` whitespace-separated words. A question is open unless it is empty or
+`grpo_ao.grading.is_yes_no_question` says yes/no (the reference opens with Yes/No, any case and punctuation, or
+the question opens with Is, Are, Does, Do, Did, Was, Were, Can, Could, Will, Would, Has, Have, Should, ...,
+negations such as "Isn't" included): the same decision the grading rule makes.
 
 We deliberately do NOT let the rewrite correct or complete the answer: the prompt forbids adding facts
 from the text that the oracle did not state, because the targets must stay the oracle's own claims, only
@@ -27,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from grpo_ao.errors import GrpoAoError
+from grpo_ao.grading import is_yes_no_question, words
 from grpo_ao.judge.cache import hash_key
 from grpo_ao.judge.chat import ChatCaller, read_api_key, run_sync
 from grpo_ao.judge.config import ITEM_BLOCK, JudgeConfig
 from grpo_ao.judge.items import JudgeItem
-from grpo_ao.judge.offline import tokens
 from grpo_ao.judge.reply import fill_template
 
 EXPAND_TEMPLATE = """\
@@ -58,13 +59,6 @@ OUTPUT_FORMAT = ("End your reply with one final line of exactly this form, with 
 TEMPLATE_HASH = hashlib.sha256(f"{EXPAND_TEMPLATE}\n\n{OUTPUT_FORMAT}".encode()).hexdigest()
 """Part of the cache key, so editing the prompt invalidates old rewrites."""
 
-YES_NO_OPENERS = frozenset({
-    "is", "are", "does", "do", "did", "was", "were", "can", "could", "will", "would", "has", "have", "should",
-    "isn", "aren", "doesn", "don", "didn", "wasn", "weren", "cannot", "couldn", "won", "wouldn", "hasn",
-    "haven", "shouldn",  # negations: tokens() splits "isn't" into "isn", "t"
-})
-"""First words that make a question a yes/no question."""
-
 MAX_REWRITE_WORDS = 80
 """A rewrite longer than this is not "one or two sentences": treated as an unparseable reply."""
 
@@ -72,17 +66,14 @@ _ANSWER_LINE = re.compile(r"^[\s*_`#>]*answer[\s*_`]*:[\s*_`]*(.*?)[\s*_`]*$", r
 
 
 def is_open_question(question: str, reference: str | None) -> bool:
-    """True unless the reference is Yes/No or the question opens with a yes/no word (module docstring).
+    """True unless the question is empty or `is_yes_no_question` (module docstring).
 
     >>> is_open_question("What is the topic?", None), is_open_question("Is it about food?", None)
     (True, False)
     >>> is_open_question("Which language is it?", "No.")
     False
     """
-    if reference is not None and tokens(reference) in (["yes"], ["no"]):
-        return False
-    words = tokens(question)
-    return bool(words) and words[0] not in YES_NO_OPENERS
+    return bool(words(question)) and not is_yes_no_question(question, reference)
 
 
 def is_terse_open_answer(item: JudgeItem, max_words: int) -> bool:
@@ -133,17 +124,19 @@ class ExpandFormat:
     name = "expand"
     on_failure = "and keep the oracle's original answer"
 
-    def __init__(self, model: str) -> None:
-        self.model = model
+    def __init__(self, cfg: JudgeConfig) -> None:
+        self.cfg = cfg
 
     def key(self, item: JudgeItem) -> str:
-        return hash_key(self.model, TEMPLATE_HASH, item.context, item.question, item.answer)
+        """Every setting that changes the reply (model, temperature, max_tokens, reasoning) + prompt + item."""
+        return hash_key(*self.cfg.reply_settings, TEMPLATE_HASH, item.context, item.question, item.answer)
 
     def prompt(self, item: JudgeItem) -> str:
         return f"{fill_template(EXPAND_TEMPLATE, item)}\n\n{OUTPUT_FORMAT}"
 
-    def parse(self, raw: str) -> tuple[Any, str | None]:
-        return parse_expansion(raw)
+    def parse(self, raw: str) -> tuple[dict[str, Any] | None, str | None]:
+        rewrite, error = parse_expansion(raw)
+        return ({"value": rewrite} if rewrite is not None else None), error
 
 
 class AnswerExpander:
@@ -151,7 +144,7 @@ class AnswerExpander:
 
     def __init__(self, cfg: JudgeConfig, api_key: str, cache_path: str | Path | None = None) -> None:
         self.cfg = cfg
-        self._chat = ChatCaller(cfg, api_key, ExpandFormat(cfg.model), cache_path)
+        self._chat = ChatCaller(cfg, api_key, ExpandFormat(cfg), cache_path)
         self.stats = self._chat.stats
 
     def __repr__(self) -> str:

@@ -1,6 +1,7 @@
 """What goes into a judge and what comes out: items, results, counters and the `Judge` protocol.
 
-`Reply` is the kind-neutral outcome of one API call (judge or answer expander); `JudgeResult` is a judge's.
+`JudgeResult` is the outcome of one item from any judge and from any call to the hosted model (the answer
+expander uses it too, with `value`); there is no second result type to convert to and from.
 """
 
 from __future__ import annotations
@@ -29,61 +30,48 @@ class JudgeItem:
 
 @dataclass(frozen=True)
 class JudgeResult:
-    """The judgement of one item. A failure has `informativeness=None` and says why in `error`."""
+    """One item's outcome: a judge's score, another hosted-model call's value (the answer expander's rewrite),
+    or a failure saying why in `error`. One type for every kind of call, so nothing converts between them.
 
-    informativeness: float | None
-    """Judge score / 100 in [0, 1]; None when the judge failed (the rollout must be masked, not scored)."""
-    correct: float | None
+    Exactly one of "a score or value" and `error` is set. A judge failure has `informativeness=None`; an item
+    deliberately not sent (see `grpo_ao.judge.score_answers`) is also `skipped`.
+    """
+
+    informativeness: float | None = None
+    """Judge score / 100 in [0, 1]; None when the judge failed (the rollout must be masked, not scored), when
+    the item was skipped, and for calls that are not judgements."""
+    correct: float | None = None
     """1.0 / 0.0 when the judge said whether the answer is correct; None when not asked or failed."""
-    raw: str
-    """The judge's last raw reply ("" when there was none)."""
-    cached: bool
-    """True when served from the persistent cache without an API call."""
-    latency_s: float
-    """Seconds from the start of judging this item to its result, retries and backoff included."""
-    attempts: int
-    """Requests sent for this item (0 for cache hits and items the deadline cut off before sending)."""
-    error: str | None = None
-    """Why the judgement failed (never contains the API key); None on success."""
-
-    @property
-    def ok(self) -> bool:
-        """True when the judge produced a score."""
-        return self.informativeness is not None
-
-    @classmethod
-    def from_reply(cls, reply: Reply) -> JudgeResult:
-        """The judgement in an API reply whose value is `[informativeness, correct]` (see `as_reply`)."""
-        info, correct = reply.value if reply.ok else (None, None)
-        return cls(info, correct, reply.raw, reply.cached, reply.latency_s, reply.attempts, reply.error)
-
-    def as_reply(self) -> Reply:
-        """This judgement as a `Reply` with value `[informativeness, correct]` (None when failed)."""
-        value = [self.informativeness, self.correct] if self.ok else None
-        return Reply(value, self.raw, self.cached, self.latency_s, self.attempts, self.error)
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One item's outcome from a chat API call of any kind: the parsed value, or a failure saying why."""
-
-    value: Any
-    """What the call's `ReplyFormat.parse` read from the reply (JSON-serialisable); None when it failed."""
-    raw: str
+    raw: str = ""
     """The last raw reply ("" when there was none)."""
-    cached: bool
+    cached: bool = False
     """True when served from the persistent cache without an API call."""
-    latency_s: float
+    latency_s: float = 0.0
     """Seconds from the start of this item to its result, retries and backoff included."""
-    attempts: int
-    """Requests sent for this item (0 for cache hits and items the deadline cut off before sending)."""
+    attempts: int = 0
+    """Requests sent for this item (0 for cache hits, skipped items and items the deadline cut off before
+    sending)."""
     error: str | None = None
-    """Why the call failed (never contains the API key); None on success."""
+    """Why there is no result (never contains the API key); None on success."""
+    value: Any = None
+    """What a call that is not a judgement read from the reply (the answer expander's rewrite); None for
+    judgements and failures. Must survive JSON (the cache)."""
+    skipped: bool = False
+    """True when the item was deliberately not sent (its epistemic-status tag did not parse): not a failure,
+    not counted in `JudgeStats.failures`."""
+
+    def __post_init__(self) -> None:
+        assert self.ok != (self.error is not None), f"a result has a score/value or an error, not both: {self}"
+        assert not (self.skipped and self.attempts), "a skipped item sent no request"
 
     @property
     def ok(self) -> bool:
-        """True when the reply had a value."""
-        return self.value is not None
+        """True when the call produced its result: a score for a judge, a value for any other kind."""
+        return self.informativeness is not None or self.value is not None
+
+
+REPLY_FIELDS = ("informativeness", "correct", "value")
+"""The `JudgeResult` fields a reply decides: what a `ReplyFormat` parses and what the cache stores."""
 
 
 @dataclass
@@ -109,6 +97,9 @@ class JudgeStats:
     """Unique items scored by a call (not from cache)."""
     failures: int = 0
     """Unique items returned as failures (retry budget spent, deadline, bad reply, missing reference)."""
+    skipped: int = 0
+    """Items not sent because their epistemic-status tag did not parse (`score_answers`); never failures, and
+    not in `items`."""
     latency_sum_s: float = 0.0
     """Sum of per-request wall times; judge/latency_s = latency_sum_s / calls."""
     prompt_tokens: int = 0

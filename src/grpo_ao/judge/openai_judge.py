@@ -3,7 +3,8 @@
 The judge is a `ReplyFormat` for `ChatCaller` (chat.py, which holds the dedupe, cache, retry, deadline and
 counter machinery): the prompt is `render_prompt` and the reply must end in a strict `Score: N` line
 (`parse_reply`). We never turn an error into a score, and `score()` never raises: a failed item comes back
-with `informativeness=None` and a reason.
+with `informativeness=None` and a reason. What a reasoning model may think, and at what cost, is
+`JudgeConfig.reasoning` (sent as OpenRouter's `reasoning` field; see `JudgeConfig.reasoning_body`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from grpo_ao.judge.cache import JUDGE_NAMESPACE, cache_key
-from grpo_ao.judge.chat import ChatCaller, backoff_delay, parse_retry_after
+from grpo_ao.judge.chat import ChatCaller
 from grpo_ao.judge.config import JudgeConfig
 from grpo_ao.judge.items import JudgeItem, JudgeResult
 from grpo_ao.judge.reply import parse_reply, render_prompt
+from grpo_ao.judge.retry import backoff_delay, parse_retry_after
 
 __all__ = ["JudgeFormat", "OpenAIJudge", "backoff_delay", "parse_retry_after"]
 
 
 class JudgeFormat:
-    """The judge's `ReplyFormat`: value = [informativeness, correct]."""
+    """The judge's `ReplyFormat`: fields = informativeness and correct."""
 
     name = JUDGE_NAMESPACE
     on_failure = "and will be masked"
@@ -36,11 +38,11 @@ class JudgeFormat:
     def prompt(self, item: JudgeItem) -> str:
         return render_prompt(self.cfg, item)
 
-    def parse(self, raw: str) -> tuple[Any, str | None]:
+    def parse(self, raw: str) -> tuple[dict[str, Any] | None, str | None]:
         parsed = parse_reply(raw, self.cfg.with_correctness)
         if parsed.informativeness is None:
             return None, parsed.error
-        return [parsed.informativeness, parsed.correct], None
+        return {"informativeness": parsed.informativeness, "correct": parsed.correct}, None
 
 
 class OpenAIJudge:
@@ -58,4 +60,4 @@ class OpenAIJudge:
 
     async def score(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
         """One result per item, in order; never raises."""
-        return [JudgeResult.from_reply(reply) for reply in await self._chat.ask(items)]
+        return await self._chat.ask(items)

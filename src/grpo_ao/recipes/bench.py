@@ -3,7 +3,7 @@
 What is compared, on cfg's model for one batch of B = grpo.prompts_per_step tasks × G = sampling.num_generations:
   1. sampling: `generate_rollouts` (all N = B·G rows in one generate call) against the naive loop, one
      generate call per prompt and generation at batch size 1 (prompt unpadded, same injection);
-  2. the training logprob pass + backward on the same rollouts: `completion_logprobs` over micro-batches
+  2. the training logprob pass + backward on the same rollouts: `injected_logprobs` over micro-batches
      of grpo.micro_batch_size against one forward + backward per rollout (unpadded), the prototype's way.
      Both backpropagate the same surrogate, −Σ masked logprobs ÷ (N·T), so the gradients agree too;
   3. medians over `repeats` timed runs after one warm-up, tokens/s, speed-ups and peak memory.
@@ -34,8 +34,8 @@ from grpo_ao.rollout import (
     Rollouts,
     SamplingConfig,
     build_oracle_inputs,
-    completion_logprobs,
     generate_rollouts,
+    injected_logprobs,
 )
 
 
@@ -71,10 +71,10 @@ def batched_logprobs(model: Any, rollouts: Rollouts, micro_batch_size: int, temp
     out = []
     for start in range(0, n, micro_batch_size):
         mb = rollouts.select(range(start, min(start + micro_batch_size, n)))
-        logprobs = completion_logprobs(model, mb, temperature, injection_layer, coef)  # [n_mb, T]
-        mask = mb.completion_mask.to(logprobs.device)  # [n_mb, T]
-        loss = -(logprobs * mask).sum() / (n * t)  # constant normaliser: the same loss however it is split
-        loss.backward()
+        with injected_logprobs(model, mb, temperature, injection_layer, coef) as logprobs:  # [n_mb, T]
+            mask = mb.completion_mask.to(logprobs.device)  # [n_mb, T]
+            loss = -(logprobs * mask).sum() / (n * t)  # constant normaliser: the same loss however it is split
+            loss.backward()  # inside: a checkpointed block is recomputed with its injection hook
         out.append(logprobs.detach().cpu())
     return torch.cat(out)  # [N, T]
 
@@ -86,9 +86,9 @@ def naive_logprobs(model: Any, rollouts: Rollouts, temperature: float,
     out = torch.zeros(n, t)  # [N, T]
     for i in range(n):
         one = _unpadded_rollout(rollouts, i)
-        logprobs = completion_logprobs(model, one, temperature, injection_layer, coef)  # [1, T_i]
-        loss = -logprobs.sum() / (n * t)  # every kept token is in the mask
-        loss.backward()
+        with injected_logprobs(model, one, temperature, injection_layer, coef) as logprobs:  # [1, T_i]
+            loss = -logprobs.sum() / (n * t)  # every kept token is in the mask
+            loss.backward()
         out[i, :logprobs.shape[1]] = logprobs.detach().cpu()[0]
     return out
 

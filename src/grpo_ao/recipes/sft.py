@@ -5,7 +5,8 @@
      expand terse answers to open questions (`sft.expand_open_answers`), and store
      `[epistemic status: X] <answer>` with X uniform in 0..10 (seeded). Activations and targets are
      cached on disk (safetensors + JSONL), so training and re-runs never recompute them.
-  2. Parse rate of greedy answers on a held-out slice, before training.
+  2. Parse rate of greedy answers on held-out prompts (`sft.heldout_examples` contexts never used for
+     training, one question each), before training.
   3. Teacher-forced cross-entropy on the assistant tokens only, with the system prompt in the layout
      GRPO uses and injection at the same layer, batched, for `sft.epochs` epochs; checkpoint per epoch.
   4. Parse rate on the held-out slice after training; summary.
@@ -26,8 +27,7 @@ from safetensors.torch import load_file, save_file
 from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from grpo_ao.config import RunConfig, to_dict
-from grpo_ao.data import Task
-from grpo_ao.errors import GrpoAoError
+from grpo_ao.data import Task, load_examples, split_examples
 from grpo_ao.format import format_epistemic_status, left_pad, parse_epistemic_status, render_oracle_prompt
 from grpo_ao.judge import Expansion, JudgeItem, build_expander, expand_terse_open_answers
 from grpo_ao.loss import sft_loss
@@ -44,7 +44,7 @@ from grpo_ao.recipes.setup import (
     trainable_parameters,
     write_json,
 )
-from grpo_ao.rollout import Rollouts, SamplingConfig, answer_in_batches, completion_logprobs
+from grpo_ao.rollout import Rollouts, SamplingConfig, answer_in_batches, injected_logprobs
 
 FALLBACK_ANSWER = "I can't answer this question given these activations."
 
@@ -61,7 +61,7 @@ def whole_sentences(text: str) -> str | None:
 
 def cache_key(cfg: RunConfig) -> str:
     """Targets depend on the starting oracle, the data draw and the answer length, nothing else."""
-    parts = [cfg.model.source, cfg.model.adapter, cfg.model.seed, cfg.seed, to_dict(cfg.data),
+    parts = ["split-by-context", cfg.model.source, cfg.model.adapter, cfg.model.seed, cfg.seed, to_dict(cfg.data),
              cfg.sft.num_examples, cfg.sft.heldout_examples, cfg.sft.answer_max_new_tokens, cfg.oracle.injection_layer]
     if cfg.oracle.steering_coef != 1.0 or cfg.model.dtype != "float32":  # only when set, so old caches stay valid
         parts += [cfg.oracle.steering_coef, cfg.model.dtype]
@@ -159,18 +159,15 @@ def heldout_parse_rate(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[T
 
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Generate targets, train, and report the held-out parse rate before and after."""
-    if cfg.sft.expand_open_answers and cfg.judge.kind != "openai":  # check before any model work
-        raise GrpoAoError(f"sft.expand_open_answers=true rewrites answers with the hosted judge model, but "
-                          f"judge.kind={cfg.judge.kind}. Set judge.kind=openai (with judge.base_url, judge.model "
-                          "and the API key variable), or turn the option off: sft.expand_open_answers=false.")
     run_dir = start_run(cfg, "sft")
     if not resume:
         archive_previous_run(run_dir)
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
-    sampler = task_sampler(cfg.data, tokenizer)
-    tasks = sampler.next_batch(cfg.sft.num_examples + cfg.sft.heldout_examples)
-    train_tasks, heldout = tasks[:cfg.sft.num_examples], tasks[cfg.sft.num_examples:]
+    # held out by context, one task per held-out context: never a text that training sees
+    train_ex, held_ex = split_examples(load_examples(cfg.data), cfg.sft.heldout_examples, cfg.seed)
+    train_tasks = task_sampler(cfg.data, tokenizer, train_ex).next_batch(cfg.sft.num_examples)
+    heldout = task_sampler(cfg.data, tokenizer, held_ex).next_batch(len(held_ex))
     rows = make_targets(cfg, model, tokenizer, train_tasks, run_dir / "sft_cache" / cache_key(cfg))  # 1.
     steps_per_epoch = -(-len(rows) // cfg.sft.batch_size)
     total = steps_per_epoch * cfg.sft.epochs
@@ -193,10 +190,12 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         for s in range(steps_per_epoch):
             idx = orders[epoch][s * cfg.sft.batch_size:(s + 1) * cfg.sft.batch_size]
             batch = teacher_forcing_batch(cfg, tokenizer, [rows[i] for i in idx])
-            logprobs = completion_logprobs(model, batch, 1.0, cfg.oracle.injection_layer, cfg.oracle.steering_coef)
-            loss = sft_loss(logprobs, batch.completion_mask.to(logprobs.device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # backward inside: a checkpointed block is recomputed with its injection hook
+            with injected_logprobs(model, batch, 1.0, cfg.oracle.injection_layer,
+                                   cfg.oracle.steering_coef) as logprobs:
+                loss = sft_loss(logprobs, batch.completion_mask.to(logprobs.device))
+                loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.sft.max_grad_norm))
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
