@@ -78,13 +78,13 @@ def run_stages(cfg, out: Path) -> tuple[list[str], dict[str, float]]:
     return adapters, times
 
 
-def results_table(report: dict, times: dict[str, float], eval_s: float) -> str:
+def results_table(report: dict, eval_dir: Path, times: dict[str, float], eval_s: float) -> str:
     head = "| stage | " + " | ".join(c for c, _ in COLUMNS) + " | yes/no acc. | train time (s) |"
-    lines = [head, "|---" * (len(COLUMNS) + 3) + "|"]
+    lines = [head, "|---" * (len(COLUMNS) + 3) + "|"]  # yes/no acc. = accuracy on Yes/No-reference items
     for label, r in report["adapters"].items():
         s = dict(r["summary"])
         s["shuffled_accuracy"] = r["controls"]["shuffled"]["summary"]["accuracy"]
-        records = [json.loads(x) for x in Path(r["records"]).read_text().splitlines()] if r.get("records") else []
+        records = [json.loads(x) for x in (eval_dir / r["records"]).read_text().splitlines()]
         yn = [rec["correct"] for rec in records if rec.get("reference") in ("Yes", "No")]
         yes_no = sum(bool(c) for c in yn) / len(yn) if yn else None
         lines.append(f"| {label} | " + " | ".join(_fmt(s.get(k)) for _, k in COLUMNS)
@@ -112,15 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     report = evaluate.run(_stage(cfg, out, "eval", cfg.model.adapter), adapters=adapters)
     eval_s = time.perf_counter() - t1
-    table = results_table(report, times, eval_s)
+    table = results_table(report, out / "eval", times, eval_s)
     command = "python scripts/learning_check.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    shipped = ""
+    if cfg.model.adapter and cfg.model.adapter.startswith("builtin:"):
+        from grpo_ao.models import resolve_adapter
+
+        rec = Path(resolve_adapter(cfg.model.adapter)) / "ao_sft_summary.json"
+        if rec.exists():
+            ao = json.loads(rec.read_text())
+            shipped = (f"\n\nThe `ao` row is the shipped `{cfg.model.adapter}` (not retrained here). Its own AO "
+                       f"pretraining record ({ao['steps']} steps, {ao['wall_time_s']:.0f} s, `{ao['command'].strip()}`): "
+                       f"held-out accuracy {ao['before']['real']['accuracy']:.3f} → {ao['after']['real']['accuracy']:.3f}, "
+                       f"shuffled {ao['after']['shuffled']['accuracy']:.3f}; yes/no "
+                       f"{ao['after']['real']['accuracy_yes_no']:.3f} (shuffled "
+                       f"{ao['after']['shuffled']['accuracy_yes_no']:.3f}) on {ao['heldout_items']} items of "
+                       f"{ao['heldout_contexts']} held-out training contexts.")
     text = (f"# Learning benchmark\n\nCommand: `{command}` (config `{cfg.name}`, model `{cfg.model.source}`, "
             f"judge `{cfg.judge.kind}`)\n\nMeasured on {platform.machine()} CPU "
             f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}, total {time.perf_counter() - t0:.0f} s. "
             f"Eval: {report['num_items']} held-out items of `{cfg.eval.data.source}`, greedy, one generation; "
             "accuracy by `grpo_ao.grading.grade` (a non-answer counts as wrong); shuffled = the same questions "
             "asked about another item's activations (`grpo_ao.controls`); ECE/Brier/AUROC over parsed "
-            "answers only.\n\n" + table + "\n\nTargets (issue 8): after AO pretraining, "
+            "answers only.\n\n" + table + shipped + "\n\nTargets (issue 8): after AO pretraining, "
             f"{TARGETS['ao']}; after GRPO, {TARGETS['grpo']}.\n")
     print("\n" + text)
     if not args.no_write:

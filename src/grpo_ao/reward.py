@@ -24,11 +24,13 @@ TARGETS = ("informativeness", "correctness")
 
 
 def calibration_reward(informativeness: float, confidence: int | None, lam: float = 1.0,
-                       parse_failure_reward: float = -0.5) -> float:
-    """r = info − lam·(confidence/10 − info)², or `parse_failure_reward` when confidence is None.
+                       parse_failure_reward: float = -0.5, target: float | None = None) -> float:
+    """r = info − lam·(confidence/10 − target)², target = info unless given (e.g. 0/1 correctness), or
+    `parse_failure_reward` when confidence is None.
 
     Args:
         informativeness: judge score in [0, 1].
+        target: what the stated confidence should match; None = `informativeness`.
         confidence: the parsed epistemic status X ∈ {0, …, 10}, None for a parse failure.
         lam: weight λ of the calibration (Brier) term; 0 turns calibration off.
         parse_failure_reward: reward of a rollout whose tag did not parse.
@@ -39,7 +41,8 @@ def calibration_reward(informativeness: float, confidence: int | None, lam: floa
     if confidence is None:
         return parse_failure_reward
     _check_confidence(confidence)
-    return informativeness - lam * (confidence / 10 - informativeness) ** 2
+    target = informativeness if target is None else target
+    return informativeness - lam * (confidence / 10 - target) ** 2
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ def group_rewards(confidences: Sequence[int | None], judge_results: Sequence[Jud
         _check_confidence(confidence)
         brier = (confidence / 10 - target) ** 2
         bonus = cfg.diversity_bonus * (1 - same[confidence] / group_size)
-        out.append(RewardBreakdown(info, confidence, brier, bonus, info - cfg.lam * brier + bonus, True, True))
+        total = calibration_reward(info, confidence, cfg.lam, cfg.parse_failure_reward, target) + bonus
+        out.append(RewardBreakdown(info, confidence, brier, bonus, total, True, True))
     return out
 
 
