@@ -9,7 +9,13 @@ import torch
 
 from grpo_ao.config import load_config
 from grpo_ao.recipes import bench
-from grpo_ao.recipes.setup import load_oracle, seed_everything, task_sampler, trainable_parameters
+from grpo_ao.recipes.setup import (
+    load_oracle,
+    oracle_spec,
+    seed_everything,
+    task_sampler,
+    trainable_parameters,
+)
 from grpo_ao.rollout import SamplingConfig, build_oracle_inputs, generate_rollouts
 
 SMALL = ["grpo.prompts_per_step=2", "sampling.num_generations=2", "sampling.max_new_tokens=6",
@@ -44,16 +50,17 @@ def test_batched_and_naive_logprob_passes_agree(tmp_path):
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg)
     tasks = task_sampler(cfg.data, tokenizer).next_batch(cfg.grpo.prompts_per_step)
-    inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode)
-    rollouts = generate_rollouts(model, tokenizer, inputs, SamplingConfig(2, max_new_tokens=6))
+    spec = oracle_spec(cfg)
+    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
+    rollouts = generate_rollouts(model, tokenizer, inputs, SamplingConfig(2, max_new_tokens=6), spec=spec)
     assert (inputs.prompt_mask == 0).any(), "the prompts should differ in length so padding is exercised"
     model.train()
     params = trainable_parameters(model)
 
-    batched = bench.batched_logprobs(model, rollouts, micro_batch_size=3, temperature=1.0)  # [N, T]
+    batched = bench.batched_logprobs(model, rollouts, micro_batch_size=3, temperature=1.0, spec=spec)  # [N, T]
     batched_grads = [p.grad.clone() for p in params]
     model.zero_grad(set_to_none=True)
-    naive = bench.naive_logprobs(model, rollouts, temperature=1.0)  # [N, T]
+    naive = bench.naive_logprobs(model, rollouts, temperature=1.0, spec=spec)  # [N, T]
     naive_grads = [p.grad.clone() for p in params]
 
     mask = rollouts.completion_mask.bool()
@@ -68,7 +75,8 @@ def test_naive_sampling_makes_one_row_per_prompt_and_generation(tmp_path):
     cfg = load_config("tiny", [f"logging.output_dir={tmp_path}", *SMALL])
     model, tokenizer = load_oracle(cfg, trainable=False)
     tasks = task_sampler(cfg.data, tokenizer).next_batch(2)
-    inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode)
-    rows = bench.naive_rollouts(model, tokenizer, inputs, SamplingConfig(3, max_new_tokens=4))
+    spec = oracle_spec(cfg)
+    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
+    rows = bench.naive_rollouts(model, tokenizer, inputs, SamplingConfig(3, max_new_tokens=4), spec=spec)
     assert len(rows) == 2 * 3
     assert all(r.prompt_ids.shape[0] == 1 and bool(r.prompt_mask.all()) for r in rows), "naive rows are unpadded"

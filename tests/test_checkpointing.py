@@ -10,10 +10,12 @@ from torch.utils.checkpoint import CheckpointError, checkpoint
 
 from grpo_ao.format import left_pad, render_oracle_prompt
 from grpo_ao.models import LoraSettings, attach_lora, decoder_layers
-from grpo_ao.rollout import Rollouts, completion_logprobs, injected_logprobs
+from grpo_ao.rollout import OracleSpec, Rollouts, completion_logprobs, injected_logprobs
 from grpo_ao.steering import Injection
 
 TEMPERATURE = 1.3
+SPEC = OracleSpec(system_prompt=None, mode="none", context_format="chat", injection_layer=1, coef=1.0)
+"""Injection at block 1 with c = 1; the prompt fields are unused here (the rollouts are built by hand)."""
 CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
 
 
@@ -82,7 +84,7 @@ def lora_grads(model, rollouts, backward_inside: bool = True) -> dict[str, torch
     """LoRA gradients of `surrogate`; backward_inside=False is the old pattern (hook removed first)."""
     model.zero_grad(set_to_none=True)
     model.train()
-    with injected_logprobs(model, rollouts, TEMPERATURE) as logprobs:  # [n, T]
+    with injected_logprobs(model, rollouts, TEMPERATURE, spec=SPEC) as logprobs:  # [n, T]
         loss = surrogate(logprobs, rollouts)
         if backward_inside:
             loss.backward()
@@ -151,12 +153,12 @@ def test_completion_logprobs_is_the_no_grad_form_and_removes_the_hook(lora_model
     lora_model.train()
     block = decoder_layers(lora_model)[1]
     hooks_before = len(block._forward_hooks)
-    fixed = completion_logprobs(lora_model, rollouts, TEMPERATURE)  # [2, 5]
+    fixed = completion_logprobs(lora_model, rollouts, TEMPERATURE, spec=SPEC)  # [2, 5]
     assert not fixed.requires_grad and len(block._forward_hooks) == hooks_before
-    with injected_logprobs(lora_model, rollouts, TEMPERATURE) as logprobs:
+    with injected_logprobs(lora_model, rollouts, TEMPERATURE, spec=SPEC) as logprobs:
         assert logprobs.requires_grad and len(block._forward_hooks) == hooks_before + 1
     torch.testing.assert_close(fixed, logprobs.detach(), atol=1e-6, rtol=1e-5)
     with pytest.raises(RuntimeError, match="boom"):
-        with injected_logprobs(lora_model, rollouts, TEMPERATURE):
+        with injected_logprobs(lora_model, rollouts, TEMPERATURE, spec=SPEC):
             raise RuntimeError("boom")
     assert len(block._forward_hooks) == hooks_before, "an error inside the block must still remove the hook"

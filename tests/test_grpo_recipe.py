@@ -28,7 +28,7 @@ from grpo_ao.judge import JudgeResult, build_judge
 from grpo_ao.loss import group_advantages
 from grpo_ao.metrics import ALL_METRICS, read_metrics
 from grpo_ao.recipes import grpo
-from grpo_ao.recipes.setup import load_oracle, task_sampler, trainable_parameters
+from grpo_ao.recipes.setup import load_oracle, oracle_spec, task_sampler, trainable_parameters
 from grpo_ao.rollout import build_oracle_inputs
 
 GRPO_AO = Path(sys.executable).with_name("grpo-ao")
@@ -261,8 +261,7 @@ def test_update_accumulating_4_one_prompt_chunks_equals_one_4_prompt_chunk(setup
     small = []
     for b, task in enumerate(chunk.tasks):
         rows = list(range(b * g, (b + 1) * g))
-        alone = build_oracle_inputs(model, tokenizer, [task], cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
-                                    cfg.data.context_format)
+        alone = build_oracle_inputs(model, tokenizer, [task], spec=oracle_spec(cfg))
         assert alone.prompt_ids.shape[1] <= chunk.rollouts.prompt_ids.shape[1]
         r = chunk.rollouts.select(rows)
         r = dataclasses.replace(r, prompt_ids=alone.prompt_ids.repeat(g, 1), prompt_mask=alone.prompt_mask.repeat(g, 1),
@@ -467,19 +466,21 @@ def test_loss_forward_has_no_dropout_so_the_first_ratio_is_exactly_one(tiny_mode
                 p.normal_(0, 0.5)  # a trained-looking adapter, so dropout would change the output
     cfg = load_config("tiny")
     tasks = task_sampler(cfg.data, tokenizer).next_batch(2)
-    inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, "merged")
-    rollouts = generate_rollouts(model, tokenizer, inputs, SamplingConfig(2, max_new_tokens=6))
+    spec = oracle_spec(cfg)
+    assert spec.mode == "merged" and spec.injection_layer == 1 and spec.coef == 1.0
+    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
+    rollouts = generate_rollouts(model, tokenizer, inputs, SamplingConfig(2, max_new_tokens=6), spec=spec)
     chunk = grpo.Chunk(tasks, rollouts, inputs.layers, [], [], [], torch.zeros(4), torch.ones(4, dtype=torch.bool))
     old = grpo.fixed_logprobs(dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, micro_batch_size=4)),
                               model, chunk)
     mask = rollouts.completion_mask.bool()
     with grpo.train_without_dropout(model):
         assert model.training
-        new = completion_logprobs(model, rollouts, cfg.sampling.temperature)
+        new = completion_logprobs(model, rollouts, cfg.sampling.temperature, spec=spec)
     torch.testing.assert_close(new.detach()[mask], old[mask], atol=1e-5, rtol=1e-5)
     model.train()
     torch.manual_seed(0)
-    with_dropout = completion_logprobs(model, rollouts, cfg.sampling.temperature).detach()
+    with_dropout = completion_logprobs(model, rollouts, cfg.sampling.temperature, spec=spec).detach()
     assert not torch.allclose(with_dropout[mask], old[mask], atol=1e-3), "control: dropout does change it"
 
 

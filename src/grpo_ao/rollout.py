@@ -3,7 +3,7 @@
 Steps for a batch of B tasks (see `generate_rollouts`):
   1. extract subject activations once per task (adapter off, eval, no grad);
   2. render each oracle prompt once and locate its placeholders by token id;
-  3. sample G completions per prompt with the injection hook on block `injection_layer`
+  3. sample G completions per prompt with the injection hook on block `spec.injection_layer`
      (adapter on, eval mode: no LoRA dropout while sampling; the hook acts on the prefill only);
   4. keep the sampled ids and a completion mask. A completion cut at max_new_tokens is marked
      truncated and gets no end-of-turn token. Decode the text for parsing and the judge.
@@ -13,13 +13,17 @@ forwards, with the same injection, at the sampling temperature, and keeps the in
 until the caller's backward has run inside its `with` block (gradient checkpointing replays the hooked
 block in backward; see `grpo_ao.steering`). `completion_logprobs` is its no-grad form (old and
 reference logprobs, eval). We never re-tokenize decoded text.
+
+How the oracle is prompted and steered travels as one `OracleSpec` (built from the run config by
+`recipes.setup.oracle_spec`), a keyword-only `spec=` everywhere; no function here has a default for it, so
+nothing can shadow the config's values.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -52,6 +56,26 @@ class SamplingConfig:
         require(self.temperature > 0, f"sampling.temperature={self.temperature} must be > 0 (use a small value, not 0).")
         require(0 < self.top_p <= 1, f"sampling.top_p={self.top_p} must be in (0, 1].")
         require(self.max_new_tokens >= 1, f"sampling.max_new_tokens={self.max_new_tokens} must be >= 1.")
+
+
+@dataclass(frozen=True)
+class OracleSpec:
+    """How the oracle is prompted and steered: the same five values in every stage that prompts it."""
+
+    system_prompt: str | None
+    """The system prompt text, or None when the oracle gets none."""
+    mode: str
+    """Where the system prompt goes: none | merged | system_role (`format.render_oracle_prompt`)."""
+    context_format: str
+    """How the subject reads its context before extraction: chat (a user turn) | raw."""
+    injection_layer: int
+    """Oracle decoder block whose output receives the activations."""
+    coef: float
+    """Steering coefficient c in h' = h + c·||h||·v/||v||."""
+
+    def without_system_prompt(self) -> OracleSpec:
+        """The base-oracle layout (no system prompt), same context format and steering."""
+        return replace(self, system_prompt=None, mode="none")
 
 
 @dataclass(frozen=True)
@@ -99,19 +123,20 @@ def build_oracle_inputs(
     model: Any,
     tokenizer: Any,
     tasks: Sequence[Any],
-    system_prompt: str | None,
-    system_prompt_mode: str,
-    context_format: str = "chat",
+    *,
+    spec: OracleSpec,
 ) -> OracleInputs:
     """Steps 1–2: subject activations (adapter off) and rendered oracle prompts for B tasks.
 
-    Each task needs `.context`, `.question`, `.layer_percent` and `.num_positions`.
+    Each task needs `.context`, `.question`, `.layer_percent` and `.num_positions`. Uses the spec's
+    context format (extraction), system prompt and mode (prompt); not its injection layer or coef.
     """
     layers = [layer_for_percent(num_layers(model), t.layer_percent) for t in tasks]
     ks = [t.num_positions for t in tasks]
-    vectors = extract_activations(model, tokenizer, [t.context for t in tasks], layers, ks, context_format)
+    vectors = extract_activations(model, tokenizer, [t.context for t in tasks], layers, ks,
+                                  spec.context_format)
     prompts = [
-        render_oracle_prompt(tokenizer, t.question, layer, k, system_prompt, mode=system_prompt_mode)
+        render_oracle_prompt(tokenizer, t.question, layer, k, spec.system_prompt, mode=spec.mode)
         for t, layer, k in zip(tasks, layers, ks, strict=True)
     ]
     prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
@@ -137,9 +162,10 @@ def completion_mask_for(completion_ids: torch.Tensor, eos_ids: Sequence[int]) ->
     return mask, truncated
 
 
-def generate_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: SamplingConfig,
-                      injection_layer: int = 1, coef: float = 1.0) -> Rollouts:
-    """Steps 3–4: G completions per prompt, sampled with injection in eval mode."""
+def generate_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: SamplingConfig, *,
+                      spec: OracleSpec) -> Rollouts:
+    """Steps 3–4: G completions per prompt, sampled with injection (`spec.injection_layer`, `spec.coef`)
+    in eval mode."""
     g = sampling.num_generations
     device = next(model.parameters()).device
     prompt_ids = inputs.prompt_ids.repeat_interleave(g, dim=0)  # [N, P]
@@ -153,7 +179,7 @@ def generate_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling
     was_training = model.training
     model.eval()  # no LoRA dropout while sampling
     try:
-        with torch.no_grad(), inject(model, vectors, positions, injection_layer, coef):
+        with torch.no_grad(), inject(model, vectors, positions, spec.injection_layer, spec.coef):
             out = model.generate(
                 input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
                 max_new_tokens=sampling.max_new_tokens, eos_token_id=eos_ids,
@@ -172,22 +198,21 @@ def generate_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling
 
 
 def answer_in_batches(model: Any, tokenizer: Any, tasks: Sequence[Any], sampling: SamplingConfig, batch_size: int,
-                      system_prompt: str | None, system_prompt_mode: str, context_format: str = "chat",
-                      injection_layer: int = 1, coef: float = 1.0) -> Iterator[tuple[Sequence[Any], OracleInputs, Rollouts]]:
+                      *, spec: OracleSpec) -> Iterator[tuple[Sequence[Any], OracleInputs, Rollouts]]:
     """Steps 1–4 for many tasks, `batch_size` tasks at a time: yields (tasks, inputs, rollouts) per batch."""
     for start in range(0, len(tasks), batch_size):
         chunk = tasks[start:start + batch_size]
-        inputs = build_oracle_inputs(model, tokenizer, chunk, system_prompt, system_prompt_mode, context_format)
-        yield chunk, inputs, generate_rollouts(model, tokenizer, inputs, sampling, injection_layer, coef)
+        inputs = build_oracle_inputs(model, tokenizer, chunk, spec=spec)
+        yield chunk, inputs, generate_rollouts(model, tokenizer, inputs, sampling, spec=spec)
 
 
 @contextlib.contextmanager
-def injected_logprobs(model: Any, rollouts: Rollouts, temperature: float,
-                      injection_layer: int = 1, coef: float = 1.0) -> Iterator[torch.Tensor]:
+def injected_logprobs(model: Any, rollouts: Rollouts, temperature: float, *,
+                      spec: OracleSpec) -> Iterator[torch.Tensor]:
     """log π(sampled id) at the sampling temperature, one padded forward with the same injection,
     yielded while the injection hook is still installed. Run the backward inside the block:
 
-        with injected_logprobs(model, mb, temperature, layer, coef) as logprobs:  # [n, T]
+        with injected_logprobs(model, mb, temperature, spec=spec) as logprobs:  # [n, T]
             loss, st = policy_loss(logprobs, ...)
             loss.backward()
 
@@ -195,8 +220,7 @@ def injected_logprobs(model: Any, rollouts: Rollouts, temperature: float,
         model: the oracle (adapter on; train mode for a loss, eval mode for fixed logprobs).
         rollouts: n rows, prompt [n, P] and completion [n, T] ids with their masks.
         temperature: the sampling temperature; logits are divided by it.
-        injection_layer: block whose output is steered at the placeholders.
-        coef: steering coefficient.
+        spec: the oracle spec; only `injection_layer` (block steered at the placeholders) and `coef` are used.
 
     Yields:
         logprobs [n, T]; entries outside the completion mask are meaningless (mask them).
@@ -209,18 +233,17 @@ def injected_logprobs(model: Any, rollouts: Rollouts, temperature: float,
     # the same position ids generate() derives from a left-padded mask
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # [n, P+T]
     t = rollouts.completion_ids.shape[1]
-    with inject(model, rollouts.vectors, rollouts.positions, injection_layer, coef):
+    with inject(model, rollouts.vectors, rollouts.positions, spec.injection_layer, spec.coef):
         # use_cache=False: a training forward needs no KV cache
         logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
                        logits_to_keep=t + 1).logits  # [n, T+1, V]
         yield token_logprobs(logits[:, :-1], rollouts.completion_ids.to(device), temperature)  # [n, T]
 
 
-def completion_logprobs(model: Any, rollouts: Rollouts, temperature: float,
-                        injection_layer: int = 1, coef: float = 1.0) -> torch.Tensor:
+def completion_logprobs(model: Any, rollouts: Rollouts, temperature: float, *, spec: OracleSpec) -> torch.Tensor:
     """`injected_logprobs` without gradient (old/reference logprobs, eval): [n, T], masked entries meaningless.
 
     Always no-grad: a loss needs its backward under the hook, so it uses `injected_logprobs`.
     """
-    with torch.no_grad(), injected_logprobs(model, rollouts, temperature, injection_layer, coef) as logprobs:
+    with torch.no_grad(), injected_logprobs(model, rollouts, temperature, spec=spec) as logprobs:
         return logprobs  # [n, T]

@@ -50,6 +50,7 @@ from grpo_ao.recipes.setup import (
     archive_previous_run,
     load_oracle,
     optimizer_and_scheduler,
+    oracle_spec,
     progress_bar,
     seed_everything,
     start_run,
@@ -185,7 +186,8 @@ def with_activations(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoI
 
 
 def prompt_for(tokenizer: Any, model: Any, item: AoItem, layer_percent: int | None = None, k: int | None = None):
-    """The base-oracle prompt (no system prompt) for `item`, optionally for another item's layer and K."""
+    """The base-oracle prompt for `item`, optionally for another item's layer and K: rendered here (the
+    activations are cached), in the layout of `oracle_spec(cfg).without_system_prompt()`, as generation uses."""
     layer = layer_for_percent(num_layers(model), item.layer_percent if layer_percent is None else layer_percent)
     return render_oracle_prompt(tokenizer, item.question, layer, item.k if k is None else k, None, mode="none")
 
@@ -216,6 +218,7 @@ def heldout_accuracy(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoI
 
     Returns accuracy over all items and over yes/no items, and the answers."""
     sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.ao_sft.max_answer_tokens, greedy=True)
+    spec = oracle_spec(cfg).without_system_prompt()  # base-oracle layout, as `prompt_for` renders
     answers: list[str] = []
     for s in range(0, len(items), cfg.eval.batch_size):
         idx = list(range(s, min(s + cfg.eval.batch_size, len(items))))
@@ -224,8 +227,7 @@ def heldout_accuracy(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoI
         prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
         layers = [layer_for_percent(num_layers(model), items[j].layer_percent) for j in src]
         inputs = OracleInputs(prompt_ids, prompt_mask, positions, [vectors[j] for j in src], layers)
-        rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
-                                     cfg.oracle.steering_coef)
+        rollouts = generate_rollouts(model, tokenizer, inputs, sampling, spec=spec)
         answers += [t.strip() for t in rollouts.texts]
     correct = [grade(it.question, it.reference, a).correct is True for it, a in zip(items, answers, strict=True)]
     yes_no = [c for it, c in zip(items, correct) if it.kind == "yes_no"]
@@ -286,6 +288,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     order_rng = random.Random(cfg.seed)
     orders = [order_rng.sample(range(len(items)), len(items)) for _ in range(cfg.ao_sft.epochs)]
     bar = progress_bar(total, "ao-sft", cfg.logging.progress, initial=start)
+    spec = oracle_spec(cfg).without_system_prompt()
     model.train()
     for step in range(start + 1, total + 1):  # 4.
         epoch, s = divmod(step - 1, steps_per_epoch)
@@ -293,7 +296,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         batch = teacher_forcing_batch(tokenizer, model, [items[i] for i in idx], [vectors[i] for i in idx],
                                       cfg.ao_sft.max_answer_tokens)
         optimizer.zero_grad(set_to_none=True)
-        with injected_logprobs(model, batch, 1.0, cfg.oracle.injection_layer, cfg.oracle.steering_coef) as logprobs:
+        with injected_logprobs(model, batch, 1.0, spec=spec) as logprobs:
             loss = sft_loss(logprobs, batch.completion_mask.to(logprobs.device))
             loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.ao_sft.max_grad_norm))

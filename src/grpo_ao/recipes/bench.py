@@ -28,9 +28,17 @@ import torch
 
 from grpo_ao.config import RunConfig
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.recipes.setup import load_oracle, seed_everything, start_run, task_sampler, write_json
+from grpo_ao.recipes.setup import (
+    load_oracle,
+    oracle_spec,
+    seed_everything,
+    start_run,
+    task_sampler,
+    write_json,
+)
 from grpo_ao.rollout import (
     OracleInputs,
+    OracleSpec,
     Rollouts,
     SamplingConfig,
     build_oracle_inputs,
@@ -56,22 +64,22 @@ def _unpadded_rollout(rollouts: Rollouts, i: int) -> Rollouts:
                     one.truncated, one.texts, one.num_generations)
 
 
-def naive_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: SamplingConfig,
-                   injection_layer: int = 1, coef: float = 1.0) -> list[Rollouts]:
+def naive_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: SamplingConfig, *,
+                   spec: OracleSpec) -> list[Rollouts]:
     """The naive loop: B·G generate calls of batch size 1, each with the same injection."""
     one = replace(sampling, num_generations=1)
-    return [generate_rollouts(model, tokenizer, _unpadded_inputs(inputs, b), one, injection_layer, coef)
+    return [generate_rollouts(model, tokenizer, _unpadded_inputs(inputs, b), one, spec=spec)
             for b in range(len(inputs.positions)) for _ in range(sampling.num_generations)]
 
 
-def batched_logprobs(model: Any, rollouts: Rollouts, micro_batch_size: int, temperature: float,
-                     injection_layer: int = 1, coef: float = 1.0) -> torch.Tensor:
+def batched_logprobs(model: Any, rollouts: Rollouts, micro_batch_size: int, temperature: float, *,
+                     spec: OracleSpec) -> torch.Tensor:
     """Micro-batched training forward + backward of −Σ masked logprobs ÷ (N·T). Returns logprobs [N, T]."""
     n, t = rollouts.completion_ids.shape
     out = []
     for start in range(0, n, micro_batch_size):
         mb = rollouts.select(range(start, min(start + micro_batch_size, n)))
-        with injected_logprobs(model, mb, temperature, injection_layer, coef) as logprobs:  # [n_mb, T]
+        with injected_logprobs(model, mb, temperature, spec=spec) as logprobs:  # [n_mb, T]
             mask = mb.completion_mask.to(logprobs.device)  # [n_mb, T]
             loss = -(logprobs * mask).sum() / (n * t)  # constant normaliser: the same loss however it is split
             loss.backward()  # inside: a checkpointed block is recomputed with its injection hook
@@ -79,14 +87,13 @@ def batched_logprobs(model: Any, rollouts: Rollouts, micro_batch_size: int, temp
     return torch.cat(out)  # [N, T]
 
 
-def naive_logprobs(model: Any, rollouts: Rollouts, temperature: float,
-                   injection_layer: int = 1, coef: float = 1.0) -> torch.Tensor:
+def naive_logprobs(model: Any, rollouts: Rollouts, temperature: float, *, spec: OracleSpec) -> torch.Tensor:
     """One unpadded forward + backward per rollout, same loss. Returns logprobs [N, T], 0 past each length."""
     n, t = rollouts.completion_ids.shape
     out = torch.zeros(n, t)  # [N, T]
     for i in range(n):
         one = _unpadded_rollout(rollouts, i)
-        with injected_logprobs(model, one, temperature, injection_layer, coef) as logprobs:  # [1, T_i]
+        with injected_logprobs(model, one, temperature, spec=spec) as logprobs:  # [1, T_i]
             loss = -logprobs.sum() / (n * t)  # every kept token is in the mask
             loss.backward()
         out[i, :logprobs.shape[1]] = logprobs.detach().cpu()[0]
@@ -155,16 +162,15 @@ def run(cfg: RunConfig, repeats: int = 3) -> dict[str, Any]:
     model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
     device = next(model.parameters()).device
     tasks = task_sampler(cfg.data, tokenizer).next_batch(cfg.grpo.prompts_per_step)  # the same tasks for both
-    inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
-                                 cfg.data.context_format)
-    s, o = cfg.sampling, cfg.oracle
-    sampling = s
+    spec = oracle_spec(cfg)
+    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
+    s = cfg.sampling
 
     # 1. sampling
-    naive_s, naive_out = measure(lambda: naive_rollouts(model, tokenizer, inputs, sampling, o.injection_layer,
-                                                        o.steering_coef), repeats, device, cfg.seed)
-    batched_s, rollouts = measure(lambda: generate_rollouts(model, tokenizer, inputs, sampling, o.injection_layer,
-                                                            o.steering_coef), repeats, device, cfg.seed)
+    naive_s, naive_out = measure(lambda: naive_rollouts(model, tokenizer, inputs, s, spec=spec),
+                                 repeats, device, cfg.seed)
+    batched_s, rollouts = measure(lambda: generate_rollouts(model, tokenizer, inputs, s, spec=spec),
+                                  repeats, device, cfg.seed)
     sampling_result = _variants(batched_s, naive_s, int(rollouts.lengths.sum()),
                                 sum(int(r.lengths.sum()) for r in naive_out))
 
@@ -174,11 +180,11 @@ def run(cfg: RunConfig, repeats: int = 3) -> dict[str, Any]:
 
     def batched() -> torch.Tensor:
         model.zero_grad(set_to_none=True)
-        return batched_logprobs(model, rollouts, mbs, s.temperature, o.injection_layer, o.steering_coef)
+        return batched_logprobs(model, rollouts, mbs, s.temperature, spec=spec)
 
     def naive() -> torch.Tensor:
         model.zero_grad(set_to_none=True)
-        return naive_logprobs(model, rollouts, s.temperature, o.injection_layer, o.steering_coef)
+        return naive_logprobs(model, rollouts, s.temperature, spec=spec)
 
     naive_l, naive_lp = measure(naive, repeats, device, cfg.seed)
     batched_l, batched_lp = measure(batched, repeats, device, cfg.seed)

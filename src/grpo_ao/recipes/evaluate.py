@@ -42,7 +42,14 @@ from grpo_ao.grading import grade
 from grpo_ao.judge import build_judge
 from grpo_ao.models import BUILTIN_ADAPTER, load_model, num_layers, resolve_adapter
 from grpo_ao.plots import confidence_histogram, reliability_diagram
-from grpo_ao.recipes.setup import judge_cache_path, progress_bar, seed_everything, start_run, write_json
+from grpo_ao.recipes.setup import (
+    judge_cache_path,
+    oracle_spec,
+    progress_bar,
+    seed_everything,
+    start_run,
+    write_json,
+)
 from grpo_ao.reward import judge_and_reward
 from grpo_ao.rollout import OracleInputs, generate_rollouts
 from grpo_ao.steering import extract_activations, layer_for_percent
@@ -109,8 +116,9 @@ def oracle_inputs(cfg: RunConfig, tokenizer: Any, tasks: Sequence[Task], layers:
 
     The real answers use d = i. Placeholders are found by token id (`render_oracle_prompt`).
     """
+    spec = oracle_spec(cfg, cfg.eval.data)
     prompts = [render_oracle_prompt(tokenizer, tasks[i].question, layers[d], tasks[d].num_positions,
-                                    cfg.oracle.prompt_text, mode=cfg.oracle.system_prompt_mode) for i, d in pairs]
+                                    spec.system_prompt, mode=spec.mode) for i, d in pairs]
     prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
     return OracleInputs(prompt_ids, prompt_mask, positions, [activations[d] for _, d in pairs],
                         [layers[d] for _, d in pairs])
@@ -138,8 +146,7 @@ def answer_and_score(cfg: RunConfig, model: Any, tokenizer: Any, tasks: Sequence
     for start in range(0, len(tasks), cfg.eval.batch_size):
         pairs = [(i, donors[i]) for i in range(start, min(start + cfg.eval.batch_size, len(tasks)))]
         inputs = oracle_inputs(cfg, tokenizer, tasks, layers, activations, pairs)
-        texts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
-                                  cfg.oracle.steering_coef).texts
+        texts = generate_rollouts(model, tokenizer, inputs, sampling, spec=oracle_spec(cfg, cfg.eval.data)).texts
         parsed = [parse_epistemic_status(t) for t in texts]
         # as in training, each answer a group of one
         judged, rewards = judge_and_reward(judge, [tasks[i] for i, _ in pairs], parsed, 1, cfg.reward,

@@ -30,6 +30,7 @@ from grpo_ao.recipes.setup import (
     judge_cache_path,
     load_oracle,
     optimizer_and_scheduler,
+    oracle_spec,
     progress_bar,
     seed_everything,
     start_run,
@@ -71,10 +72,9 @@ def collect_chunk(cfg: RunConfig, model: Any, tokenizer: Any, sampler: Any, judg
     """Step 1 for one chunk: rollouts, parse, judge, reward, advantages."""
     t0 = time.perf_counter()
     tasks = sampler.next_batch(cfg.grpo.prompts_per_step)
-    inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
-                                 cfg.data.context_format)
-    rollouts = generate_rollouts(model, tokenizer, inputs, cfg.sampling, cfg.oracle.injection_layer,
-                                 cfg.oracle.steering_coef)
+    spec = oracle_spec(cfg)
+    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
+    rollouts = generate_rollouts(model, tokenizer, inputs, cfg.sampling, spec=spec)
     parsed = [parse_epistemic_status(text) for text in rollouts.texts]
     t1 = time.perf_counter()
     g = cfg.sampling.num_generations
@@ -138,7 +138,7 @@ def fixed_logprobs(cfg: RunConfig, model: Any, chunk: Chunk) -> torch.Tensor:
     with torch.no_grad():
         for idx in micro_batches(chunk, cfg.grpo.micro_batch_size, valid_only=False):
             out.append(completion_logprobs(model, chunk.rollouts.select(idx), cfg.sampling.temperature,
-                                           cfg.oracle.injection_layer, cfg.oracle.steering_coef).cpu())
+                                           spec=oracle_spec(cfg)).cpu())
     model.train(was_training)
     return torch.cat(out)  # [N, T]
 
@@ -152,13 +152,13 @@ def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, n
     """Step 3 (one iteration's backward passes): loss over micro-batches, gradients accumulated."""
     stats = []
     device = next(model.parameters()).device
+    spec = oracle_spec(cfg)
     for chunk in chunks:
         for idx in micro_batches(chunk, cfg.grpo.micro_batch_size):
             mb = chunk.rollouts.select(idx)
             t = torch.tensor(idx)
             # backward inside: a checkpointed block is recomputed with its injection hook
-            with injected_logprobs(model, mb, cfg.sampling.temperature, cfg.oracle.injection_layer,
-                                   cfg.oracle.steering_coef) as logprobs:  # [n, T]
+            with injected_logprobs(model, mb, cfg.sampling.temperature, spec=spec) as logprobs:  # [n, T]
                 loss, st = policy_loss(
                     logprobs,
                     None if chunk.old_logprobs is None else chunk.old_logprobs[t].to(device),

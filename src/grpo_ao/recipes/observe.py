@@ -17,7 +17,7 @@ from grpo_ao.config import RunConfig
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import parse_epistemic_status
 from grpo_ao.judge import JudgeResult, build_judge
-from grpo_ao.recipes.setup import judge_cache_path, load_oracle, seed_everything, task_sampler
+from grpo_ao.recipes.setup import judge_cache_path, load_oracle, oracle_spec, seed_everything, task_sampler
 from grpo_ao.reward import RewardBreakdown, judge_and_reward
 from grpo_ao.rollout import build_oracle_inputs, generate_rollouts
 
@@ -60,10 +60,9 @@ def run(cfg: RunConfig, num_examples: int = 4, num_generations: int = 4, adapter
     model, tokenizer = load_oracle(cfg, adapter=adapter, trainable=False)
     tasks = task_sampler(cfg.data, tokenizer).next_batch(num_examples)  # 1.
     sampling = replace(cfg.sampling, num_generations=num_generations)
-    inputs = build_oracle_inputs(model, tokenizer, tasks, cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
-                                 cfg.data.context_format)
-    rollouts = generate_rollouts(model, tokenizer, inputs, sampling, cfg.oracle.injection_layer,
-                                 cfg.oracle.steering_coef)  # 2.
+    spec = oracle_spec(cfg)
+    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
+    rollouts = generate_rollouts(model, tokenizer, inputs, sampling, spec=spec)  # 2.
     parsed = [parse_epistemic_status(t) for t in rollouts.texts]  # 3.
     g = num_generations
     judged: list[JudgeResult | None] = [None] * len(parsed)

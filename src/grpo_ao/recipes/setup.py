@@ -18,6 +18,7 @@ import yaml
 from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import DataConfig, Example, TaskSampler, load_examples
 from grpo_ao.models import attach_lora, load_model, resolve_device
+from grpo_ao.rollout import OracleSpec
 from grpo_ao.run_info import redact_secrets, write_run_info
 
 
@@ -58,6 +59,15 @@ def archive_previous_run(run_dir: Path) -> Path | None:
 def judge_cache_path(cfg: RunConfig) -> Path:
     """The judge's SQLite cache: `judge.cache_path`, else run_dir/judge_cache.sqlite."""
     return Path(cfg.judge.cache_path) if cfg.judge.cache_path else cfg.run_dir / "judge_cache.sqlite"
+
+
+def oracle_spec(cfg: RunConfig, data: DataConfig | None = None) -> OracleSpec:
+    """How the oracle is prompted and steered, from `cfg.oracle` and the context format of `data`
+    (default `cfg.data`; the eval passes `cfg.eval.data`)."""
+    data = cfg.data if data is None else data
+    return OracleSpec(system_prompt=cfg.oracle.prompt_text, mode=cfg.oracle.system_prompt_mode,
+                      context_format=data.context_format, injection_layer=cfg.oracle.injection_layer,
+                      coef=cfg.oracle.steering_coef)
 
 
 def load_oracle(cfg: RunConfig, adapter: str | None = None, trainable: bool = True,

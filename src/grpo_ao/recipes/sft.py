@@ -37,6 +37,7 @@ from grpo_ao.recipes.setup import (
     judge_cache_path,
     load_oracle,
     optimizer_and_scheduler,
+    oracle_spec,
     progress_bar,
     seed_everything,
     start_run,
@@ -89,9 +90,9 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
     rows: list[dict] = []
     sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens, greedy=True)
     bar = progress_bar(len(tasks), "sft targets", cfg.logging.progress)
-    for chunk, inputs, rollouts in answer_in_batches(model, tokenizer, tasks, sampling, cfg.eval.batch_size, None,
-                                                     "none", cfg.data.context_format, cfg.oracle.injection_layer,
-                                                     cfg.oracle.steering_coef):
+    base = oracle_spec(cfg).without_system_prompt()  # the natural answers: base-oracle layout
+    for chunk, inputs, rollouts in answer_in_batches(model, tokenizer, tasks, sampling, cfg.eval.batch_size,
+                                                     spec=base):
         for task, layer, vector, text, cut in zip(chunk, inputs.layers, inputs.vectors, rollouts.texts,
                                                   rollouts.truncated.tolist()):
             parsed = parse_epistemic_status(text)  # an oracle that already tags its answers: keep one tag
@@ -129,8 +130,9 @@ def teacher_forcing_batch(cfg: RunConfig, tokenizer: Any, rows: list[dict]) -> R
     like any answer); one without a sentence end keeps `truncated` and gets no end-of-turn token: the
     oracle must not learn to stop mid-sentence.
     """
-    prompts = [render_oracle_prompt(tokenizer, r["question"], r["layer"], r["k"], cfg.oracle.prompt_text,
-                                    mode=cfg.oracle.system_prompt_mode) for r in rows]
+    spec = oracle_spec(cfg)
+    prompts = [render_oracle_prompt(tokenizer, r["question"], r["layer"], r["k"], spec.system_prompt, mode=spec.mode)
+               for r in rows]
     prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
     eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
     targets = [tokenizer(r["target"], add_special_tokens=False)["input_ids"] + ([] if r.get("truncated") else [eot])
@@ -150,9 +152,7 @@ def heldout_parse_rate(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[T
     sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens + 12, greedy=True)
     ok = 0
     for _, _, rollouts in answer_in_batches(model, tokenizer, tasks, sampling, cfg.eval.batch_size,
-                                            cfg.oracle.prompt_text, cfg.oracle.system_prompt_mode,
-                                            cfg.data.context_format, cfg.oracle.injection_layer,
-                                            cfg.oracle.steering_coef):
+                                            spec=oracle_spec(cfg)):
         ok += sum(parse_epistemic_status(t).ok for t in rollouts.texts)
     return ok / len(tasks)
 
@@ -183,6 +183,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     print(f"SFT: held-out parse rate before training: {before:.1%}")
     sinks = build_sinks(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project, cfg.name, to_dict(cfg))
     bar = progress_bar(total, "sft", cfg.logging.progress, initial=epoch0 * steps_per_epoch)
+    spec = oracle_spec(cfg)
     order_rng = random.Random(cfg.seed)
     orders = [order_rng.sample(range(len(rows)), len(rows)) for _ in range(cfg.sft.epochs)]
     for epoch in range(epoch0, cfg.sft.epochs):  # 3.
@@ -192,8 +193,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             batch = teacher_forcing_batch(cfg, tokenizer, [rows[i] for i in idx])
             optimizer.zero_grad(set_to_none=True)
             # backward inside: a checkpointed block is recomputed with its injection hook
-            with injected_logprobs(model, batch, 1.0, cfg.oracle.injection_layer,
-                                   cfg.oracle.steering_coef) as logprobs:
+            with injected_logprobs(model, batch, 1.0, spec=spec) as logprobs:
                 loss = sft_loss(logprobs, batch.completion_mask.to(logprobs.device))
                 loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.sft.max_grad_norm))
