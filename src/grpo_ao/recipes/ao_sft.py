@@ -43,7 +43,6 @@ from grpo_ao.data import Example, load_examples, split_examples
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import left_pad, render_oracle_prompt
 from grpo_ao.grading import grade
-from grpo_ao.loss import sft_loss
 from grpo_ao.metrics import build_sinks
 from grpo_ao.models import num_layers
 from grpo_ao.recipes.setup import (
@@ -54,10 +53,10 @@ from grpo_ao.recipes.setup import (
     progress_bar,
     seed_everything,
     start_run,
-    trainable_parameters,
+    teacher_forced_step,
     write_json,
 )
-from grpo_ao.rollout import OracleInputs, Rollouts, SamplingConfig, generate_rollouts, injected_logprobs
+from grpo_ao.rollout import OracleInputs, Rollouts, SamplingConfig, generate_rollouts
 from grpo_ao.steering import extract_activations, layer_for_percent
 
 NEXT_QUESTION = "Can you predict the next {n} tokens that come after this?"
@@ -295,16 +294,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         idx = orders[epoch][s * cfg.ao_sft.batch_size:(s + 1) * cfg.ao_sft.batch_size]
         batch = teacher_forcing_batch(tokenizer, model, [items[i] for i in idx], [vectors[i] for i in idx],
                                       cfg.ao_sft.max_answer_tokens)
-        optimizer.zero_grad(set_to_none=True)
-        with injected_logprobs(model, batch, 1.0, spec=spec) as logprobs:
-            loss = sft_loss(logprobs, batch.completion_mask.to(logprobs.device))
-            loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.ao_sft.max_grad_norm))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        sinks.log({M.AO_SFT_LOSS: loss.item(), M.OPTIM_GRAD_NORM: grad_norm, M.OPTIM_LR: lr}, step)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        loss, grad_norm, lr = teacher_forced_step(model, batch, spec, optimizer, scheduler, cfg.ao_sft.max_grad_norm)
+        sinks.log({M.AO_SFT_LOSS: loss, M.OPTIM_GRAD_NORM: grad_norm, M.OPTIM_LR: lr}, step)
+        bar.set_postfix(loss=f"{loss:.3f}")
         bar.update(1)
         if step % cfg.logging.checkpoint_every == 0 or step == total:
             save_checkpoint(run_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,

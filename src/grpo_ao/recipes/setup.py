@@ -117,6 +117,25 @@ def optimizer_and_scheduler(model: Any, lr: float, weight_decay: float, warmup_s
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def teacher_forced_step(model: Any, batch: Any, spec: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                        max_grad_norm: float) -> tuple[float, float, float]:
+    """One SFT / AO-pretraining optimizer step: cross-entropy on `batch`'s completion tokens (injection on, the
+    backward inside `injected_logprobs` so a checkpointed block is recomputed with its hook), clip, AdamW.
+    Returns (loss, grad_norm before clipping, lr used)."""
+    from grpo_ao.loss import sft_loss
+    from grpo_ao.rollout import injected_logprobs
+
+    optimizer.zero_grad(set_to_none=True)
+    with injected_logprobs(model, batch, 1.0, spec=spec) as logprobs:
+        loss = sft_loss(logprobs, batch.completion_mask.to(logprobs.device))
+        loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_grad_norm))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    return loss.item(), grad_norm, lr
+
+
 def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 

@@ -30,7 +30,6 @@ from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import Task, load_examples, split_examples
 from grpo_ao.format import format_epistemic_status, left_pad, parse_epistemic_status, render_oracle_prompt
 from grpo_ao.judge import Expansion, JudgeItem, build_expander, expand_terse_open_answers
-from grpo_ao.loss import sft_loss
 from grpo_ao.metrics import build_sinks
 from grpo_ao.recipes.setup import (
     archive_previous_run,
@@ -42,10 +41,10 @@ from grpo_ao.recipes.setup import (
     seed_everything,
     start_run,
     task_sampler,
-    trainable_parameters,
+    teacher_forced_step,
     write_json,
 )
-from grpo_ao.rollout import Rollouts, SamplingConfig, answer_in_batches, injected_logprobs
+from grpo_ao.rollout import Rollouts, SamplingConfig, answer_in_batches
 
 FALLBACK_ANSWER = "I can't answer this question given these activations."
 
@@ -191,18 +190,10 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         for s in range(steps_per_epoch):
             idx = orders[epoch][s * cfg.sft.batch_size:(s + 1) * cfg.sft.batch_size]
             batch = teacher_forcing_batch(cfg, tokenizer, [rows[i] for i in idx])
-            optimizer.zero_grad(set_to_none=True)
-            # backward inside: a checkpointed block is recomputed with its injection hook
-            with injected_logprobs(model, batch, 1.0, spec=spec) as logprobs:
-                loss = sft_loss(logprobs, batch.completion_mask.to(logprobs.device))
-                loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.sft.max_grad_norm))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
+            loss, grad_norm, lr = teacher_forced_step(model, batch, spec, optimizer, scheduler, cfg.sft.max_grad_norm)
             step = epoch * steps_per_epoch + s + 1
-            sinks.log({M.SFT_LOSS: loss.item(), M.OPTIM_GRAD_NORM: grad_norm, M.OPTIM_LR: lr}, step)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            sinks.log({M.SFT_LOSS: loss, M.OPTIM_GRAD_NORM: grad_norm, M.OPTIM_LR: lr}, step)
+            bar.set_postfix(loss=f"{loss:.3f}")
             bar.update(1)
         model.eval()
         save_checkpoint(run_dir, (epoch + 1) * steps_per_epoch, model=model, optimizer=optimizer, scheduler=scheduler,
