@@ -143,6 +143,24 @@ def build_oracle_inputs(
     return OracleInputs(prompt_ids, prompt_mask, positions, vectors, layers)
 
 
+def teacher_forcing_rollouts(prompts: Sequence[Any], targets: Sequence[Sequence[int]], vectors: Sequence[torch.Tensor],
+                             texts: Sequence[str], pad_id: int) -> Rollouts:
+    """A batch for a teacher-forced loss (format SFT, AO pretraining): the rendered `OraclePrompt`s left-padded,
+    each row's target ids (end-of-turn included when the caller wants one) right-padded, G = 1.
+
+    Returns Rollouts with completion_ids / completion_mask [N, T], T = the longest target.
+    """
+    prompt_ids, prompt_mask, positions = left_pad(list(prompts), pad_id)  # [N, P], [N, P]
+    width = max(len(t) for t in targets)
+    completion_ids = torch.full((len(targets), width), pad_id, dtype=torch.long)  # [N, T]
+    completion_mask = torch.zeros((len(targets), width), dtype=torch.long)  # [N, T]
+    for i, t in enumerate(targets):
+        completion_ids[i, :len(t)] = torch.tensor(list(t))
+        completion_mask[i, :len(t)] = 1
+    return Rollouts(prompt_ids, prompt_mask, positions, list(vectors), completion_ids, completion_mask,
+                    torch.zeros(len(targets), dtype=torch.bool), list(texts), 1)
+
+
 def end_of_turn_ids(model: Any, tokenizer: Any) -> list[int]:
     eos = model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

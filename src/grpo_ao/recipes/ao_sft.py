@@ -42,7 +42,7 @@ from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import Example, load_examples, split_examples
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import left_pad, render_oracle_prompt
-from grpo_ao.grading import grade
+from grpo_ao.grading import grade, is_yes_no_question
 from grpo_ao.metrics import build_sinks
 from grpo_ao.models import num_layers
 from grpo_ao.recipes.setup import (
@@ -56,7 +56,13 @@ from grpo_ao.recipes.setup import (
     teacher_forced_step,
     write_json,
 )
-from grpo_ao.rollout import OracleInputs, Rollouts, SamplingConfig, generate_rollouts
+from grpo_ao.rollout import (
+    OracleInputs,
+    Rollouts,
+    SamplingConfig,
+    generate_rollouts,
+    teacher_forcing_rollouts,
+)
 from grpo_ao.steering import extract_activations, layer_for_percent
 
 NEXT_QUESTION = "Can you predict the next {n} tokens that come after this?"
@@ -92,16 +98,10 @@ def classification_item(ex: Example, rng: random.Random, cfg: RunConfig, n_token
     if not qas or n_tokens < cfg.data.min_positions:
         return None
     qa = rng.choice(qas)
-    kind = "yes_no" if grade_is_yes_no(qa.question, qa.reference) else "open"
+    kind = "yes_no" if is_yes_no_question(qa.question, qa.reference) else "open"
     return AoItem(ex.context, qa.question, qa.reference, qa.reference, qa.family, kind,
                   rng.choice(cfg.data.layer_percents), rng.randint(cfg.data.min_positions,
                                                                    min(cfg.data.max_positions, n_tokens)))
-
-
-def grade_is_yes_no(question: str, reference: str | None) -> bool:
-    from grpo_ao.grading import is_yes_no_question
-
-    return is_yes_no_question(question, reference)
 
 
 def context_prediction_item(ex: Example, rng: random.Random, cfg: RunConfig, tokenizer: Any) -> AoItem | None:
@@ -194,21 +194,13 @@ def prompt_for(tokenizer: Any, model: Any, item: AoItem, layer_percent: int | No
 def teacher_forcing_batch(tokenizer: Any, model: Any, items: list[AoItem], vectors: list[torch.Tensor],
                           max_tokens: int) -> Rollouts:
     """Prompt + target tokens (+ end-of-turn when the target fits in `max_tokens`), as a Rollouts batch."""
-    prompt_ids, prompt_mask, positions = left_pad([prompt_for(tokenizer, model, it) for it in items],
-                                                  tokenizer.pad_token_id)
     eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
     targets = []
     for it in items:
         ids = tokenizer(it.target, add_special_tokens=False)["input_ids"]
         targets.append(ids[:max_tokens] if len(ids) >= max_tokens else ids + [eot])
-    width = max(len(t) for t in targets)
-    completion_ids = torch.full((len(items), width), tokenizer.pad_token_id, dtype=torch.long)  # [N, T]
-    completion_mask = torch.zeros((len(items), width), dtype=torch.long)  # [N, T]
-    for i, t in enumerate(targets):
-        completion_ids[i, :len(t)] = torch.tensor(t)
-        completion_mask[i, :len(t)] = 1
-    return Rollouts(prompt_ids, prompt_mask, positions, vectors, completion_ids, completion_mask,
-                    torch.zeros(len(items), dtype=torch.bool), [it.target for it in items], 1)
+    return teacher_forcing_rollouts([prompt_for(tokenizer, model, it) for it in items], targets, vectors,
+                                    [it.target for it in items], tokenizer.pad_token_id)
 
 
 def heldout_accuracy(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoItem], vectors: list[torch.Tensor],

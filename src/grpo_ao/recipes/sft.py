@@ -21,14 +21,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import Task, load_examples, split_examples
-from grpo_ao.format import format_epistemic_status, left_pad, parse_epistemic_status, render_oracle_prompt
+from grpo_ao.format import format_epistemic_status, parse_epistemic_status, render_oracle_prompt
 from grpo_ao.judge import Expansion, JudgeItem, build_expander, expand_terse_open_answers
 from grpo_ao.metrics import build_sinks
 from grpo_ao.recipes.setup import (
@@ -44,7 +43,7 @@ from grpo_ao.recipes.setup import (
     teacher_forced_step,
     write_json,
 )
-from grpo_ao.rollout import Rollouts, SamplingConfig, answer_in_batches
+from grpo_ao.rollout import Rollouts, SamplingConfig, answer_in_batches, teacher_forcing_rollouts
 
 FALLBACK_ANSWER = "I can't answer this question given these activations."
 
@@ -132,18 +131,11 @@ def teacher_forcing_batch(cfg: RunConfig, tokenizer: Any, rows: list[dict]) -> R
     spec = oracle_spec(cfg)
     prompts = [render_oracle_prompt(tokenizer, r["question"], r["layer"], r["k"], spec.system_prompt, mode=spec.mode)
                for r in rows]
-    prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
     eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
     targets = [tokenizer(r["target"], add_special_tokens=False)["input_ids"] + ([] if r.get("truncated") else [eot])
                for r in rows]
-    width = max(len(t) for t in targets)
-    completion_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # [N, T]
-    completion_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [N, T]
-    for i, t in enumerate(targets):
-        completion_ids[i, :len(t)] = torch.tensor(t)
-        completion_mask[i, :len(t)] = 1
-    return Rollouts(prompt_ids, prompt_mask, positions, [r["vector"] for r in rows], completion_ids,
-                    completion_mask, torch.zeros(len(rows), dtype=torch.bool), [r["target"] for r in rows], 1)
+    return teacher_forcing_rollouts(prompts, targets, [r["vector"] for r in rows], [r["target"] for r in rows],
+                                    tokenizer.pad_token_id)
 
 
 def heldout_parse_rate(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task]) -> float:
