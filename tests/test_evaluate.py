@@ -126,11 +126,12 @@ def _scripted_answers(real_generate):
 def test_eval_numbers_equal_a_recomputation_from_the_records_and_extraction_runs_once(tmp_path, monkeypatch,
                                                                                       tokenizer, random_adapter):
     import grpo_ao.rollout as rollout
+    import grpo_ao.steering as steering
     from grpo_ao.grading import grade
 
     extracted = []
-    real_extract = evaluate.extract_activations
-    monkeypatch.setattr(evaluate, "extract_activations",
+    real_extract = steering.extract_activations
+    monkeypatch.setattr(steering, "extract_activations",
                         lambda model, tok, contexts, *a, **k: extracted.append(len(contexts)) or
                         real_extract(model, tok, contexts, *a, **k))
     monkeypatch.setattr(rollout, "extract_activations", lambda *a, **k: pytest.fail("re-extracted per batch"))

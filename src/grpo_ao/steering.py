@@ -146,6 +146,22 @@ def extract_activations(
     return [captured[layer][b, width - k :].detach().clone() for b, (layer, k) in enumerate(zip(layers, num_positions))]
 
 
+def extract_in_batches(model: Any, tokenizer: Any, contexts: Sequence[str], layers: Sequence[int],
+                       num_positions: Sequence[int], context_format: str, batch_size: int,
+                       on_batch: Any = None) -> list[torch.Tensor]:
+    """`extract_activations` over many rows, `batch_size` rows per forward; each result moved to the CPU
+    (kept for reuse while the model trains or answers). `on_batch(n)` is called after each batch of n rows
+    (a progress bar's `update`).  -> N tensors [K_b, hidden]"""
+    out: list[torch.Tensor] = []
+    for start in range(0, len(contexts), batch_size):
+        end = start + batch_size
+        out += [v.cpu() for v in extract_activations(model, tokenizer, contexts[start:end], layers[start:end],
+                                                     num_positions[start:end], context_format)]
+        if on_batch is not None:
+            on_batch(len(contexts[start:end]))
+    return out
+
+
 class Injection:
     """State of one installed injection hook, fixed at construction: `apply` only reads it.
 

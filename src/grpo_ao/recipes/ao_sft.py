@@ -63,7 +63,7 @@ from grpo_ao.rollout import (
     generate_rollouts,
     teacher_forcing_rollouts,
 )
-from grpo_ao.steering import extract_activations, layer_for_percent
+from grpo_ao.steering import extract_in_batches, layer_for_percent
 
 NEXT_QUESTION = "Can you predict the next {n} tokens that come after this?"
 PREVIOUS_QUESTION = "Can you predict the {n} tokens that come before this?"
@@ -168,14 +168,10 @@ def with_activations(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoI
         acts = load_file(str(path))
         return [acts[f"v{i}"] for i in range(len(items))]
     layers = [layer_for_percent(num_layers(model), it.layer_percent) for it in items]
-    vectors: list[torch.Tensor] = []
     bar = progress_bar(len(items), "ao-sft activations", cfg.logging.progress)
-    for s in range(0, len(items), EXTRACT_BATCH):
-        chunk = items[s:s + EXTRACT_BATCH]
-        vectors += [v.float().cpu() for v in extract_activations(
-            model, tokenizer, [it.text for it in chunk], layers[s:s + EXTRACT_BATCH], [it.k for it in chunk],
-            cfg.data.context_format)]
-        bar.update(len(chunk))
+    vectors = [v.float() for v in extract_in_batches(model, tokenizer, [it.text for it in items], layers,
+                                                     [it.k for it in items], cfg.data.context_format,
+                                                     EXTRACT_BATCH, bar.update)]
     bar.close()
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_file({f"v{i}": v.contiguous() for i, v in enumerate(vectors)}, str(path) + ".tmp")

@@ -52,7 +52,7 @@ from grpo_ao.recipes.setup import (
 )
 from grpo_ao.reward import judge_and_reward
 from grpo_ao.rollout import OracleInputs, generate_rollouts
-from grpo_ao.steering import extract_activations, layer_for_percent
+from grpo_ao.steering import extract_in_batches, layer_for_percent
 
 TABLE_COLUMNS = [
     ("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("shuffled acc", "shuffled_accuracy"),
@@ -101,12 +101,9 @@ def subject_activations(cfg: RunConfig, model: Any, tokenizer: Any, tasks: Seque
     """Step 3: each item's subject activations [K_i, hidden] on CPU, one extraction per distinct
     (context, layer, K), `eval.batch_size` contexts per forward (adapter off, eval, no grad)."""
     keys = list(dict.fromkeys((t.context, layer, t.num_positions) for t, layer in zip(tasks, layers, strict=True)))
-    cache: dict[tuple[str, int, int], torch.Tensor] = {}
-    for start in range(0, len(keys), cfg.eval.batch_size):
-        chunk = keys[start:start + cfg.eval.batch_size]
-        vectors = extract_activations(model, tokenizer, [c for c, _, _ in chunk], [layer for _, layer, _ in chunk],
-                                      [k for _, _, k in chunk], cfg.eval.data.context_format)
-        cache.update({key: v.cpu() for key, v in zip(chunk, vectors, strict=True)})
+    vectors = extract_in_batches(model, tokenizer, [c for c, _, _ in keys], [layer for _, layer, _ in keys],
+                                 [k for _, _, k in keys], cfg.eval.data.context_format, cfg.eval.batch_size)
+    cache = dict(zip(keys, vectors, strict=True))
     return [cache[(t.context, layer, t.num_positions)] for t, layer in zip(tasks, layers, strict=True)]
 
 
