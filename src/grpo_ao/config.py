@@ -28,7 +28,7 @@ from grpo_ao.format import ORACLE_SYSTEM_PROMPT, SYSTEM_PROMPT_MODES
 from grpo_ao.judge import JudgeConfig
 from grpo_ao.models import LoraSettings, ModelConfig
 from grpo_ao.reward import RewardConfig
-from grpo_ao.rollout import SamplingConfig
+from grpo_ao.rollout import RolloutConfig, SamplingConfig
 
 STAGES = ("ao_sft", "sft", "grpo", "eval")
 """The stages `grpo-ao run` knows, in the only order it runs them."""
@@ -274,6 +274,8 @@ class RunConfig:
     """Calibration reward."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Rollout sampling."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Rollout engine (hf | vllm) and the vLLM engine's settings."""
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     """GRPO optimisation."""
     ao_sft: AoSftConfig = field(default_factory=AoSftConfig)
