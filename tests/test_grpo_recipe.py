@@ -201,7 +201,8 @@ def setup(sft_adapter, tmp_path_factory):
     model, tokenizer = load_oracle(cfg)
     sampler = task_sampler(cfg.data, tokenizer)
     judge = build_judge(cfg.judge)
-    chunk = grpo.collect_chunk(cfg, model, tokenizer, sampler, judge, {"rollout": 0.0, "judge": 0.0})
+    engine = grpo.start_engine(cfg, model, tokenizer, cfg.run_dir)
+    chunk, = grpo.collect_chunks(cfg, model, tokenizer, engine, sampler, judge, 1, {"rollout": 0.0, "judge": 0.0})
     if chunk.rollouts.lengths.min() == chunk.rollouts.lengths.max():
         # the tiny oracle rarely stops by itself; the normaliser tests need completions of different
         # lengths, so end some early (the loss only sees ids and masks)
@@ -522,3 +523,33 @@ def test_split_routing_runs_a_training_step_end_to_end(sft_adapter, tmp_path):
     assert summary["steps"] == 1
     start, after = _adapter(sft_adapter), _adapter(cfg.run_dir / "checkpoints" / "step-000001" / "adapter")
     assert any(not torch.equal(start[k], after[k]) for k in start), "the split-routed step moved the LoRA"
+
+
+# --- 4. the judge hidden behind the next chunk's rollout -----------------------------------------
+
+
+def test_overlapping_the_judge_with_the_next_rollout_changes_nothing_in_the_update(sft_adapter, tmp_path):
+    common = ["grpo.max_steps=2", "grpo.grad_accum_steps=2", "grpo.prompts_per_step=2", "logging.samples_every=1"]
+    runs = {flag: grpo.run(_cfg(sft_adapter, tmp_path / flag, f"grpo.overlap_judge={flag}", *common))
+            for flag in ("true", "false")}
+    a, b = _adapter(runs["true"]["adapter"]), _adapter(runs["false"]["adapter"])
+    assert any(not torch.equal(a[k], _adapter(sft_adapter)[k]) for k in a), "the runs must train"
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+    assert _samples(tmp_path / "true") == _samples(tmp_path / "false")  # same rollouts, scores, advantages
+    overlapped, serial = _steps(tmp_path / "true"), _steps(tmp_path / "false")
+    for step in (1, 2):
+        assert overlapped[step][M.REWARD_MEAN] == serial[step][M.REWARD_MEAN]
+
+
+def test_a_chunk_samples_the_same_rollouts_whatever_was_sampled_before_it(setup):
+    cfg, model, tokenizer, _ = setup
+    engine = grpo.start_engine(cfg, model, tokenizer, cfg.run_dir)
+    tasks = task_sampler(cfg.data, tokenizer).next_batch(2)
+    seed = grpo.chunk_seed(cfg.seed, 3, 1)
+    first = grpo.roll_out_chunk(cfg, model, tokenizer, engine, tasks, seed)[1]
+    torch.rand(100)  # other work in between (another chunk, another rank's share, a resume)
+    again = grpo.roll_out_chunk(cfg, model, tokenizer, engine, tasks, seed)[1]
+    other = grpo.roll_out_chunk(cfg, model, tokenizer, engine, tasks, grpo.chunk_seed(cfg.seed, 3, 0))[1]
+    assert torch.equal(first.completion_ids, again.completion_ids)
+    assert not torch.equal(first.completion_ids, other.completion_ids), "another chunk's seed samples differently"

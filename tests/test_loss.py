@@ -394,3 +394,46 @@ def test_policy_loss_with_per_token_advantages_equals_per_rollout_when_constant(
     a, _ = policy_loss(lp, old, adv, mask, max_new_tokens=t)
     b, _ = policy_loss(lp, old, adv.unsqueeze(1).expand(-1, t), mask, max_new_tokens=t)
     _close(a, b)
+
+
+# --- truncated importance sampling (sampler ≠ trainer) ------------------------------------------
+
+
+def test_tis_weights_the_policy_gradient_by_the_capped_trainer_over_sampler_ratio():
+    logprobs = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1]])
+    # the sampler thought token 0 likelier (w = e^-0.5) and token 1 much less likely (e^1.5 = 4.48 -> cap 2)
+    sampling = torch.tensor([[-0.5, -3.5]])
+    loss, stats = policy_loss(logprobs, None, torch.tensor([1.0]), mask, max_new_tokens=2,
+                              sampling_logprobs=sampling, tis_cap=2.0)
+    w0 = math.exp(-0.5)
+    # ratio == 1: per-token loss -w_t * A, summed, / (1 rollout * 2 tokens)
+    _close(loss, -(w0 + 2.0) / 2)
+    loss.backward()
+    _close(logprobs.grad, [[-w0 / 2, -2.0 / 2]])  # the weight is detached: it scales, it is not differentiated
+    _close(stats.tis_weight_mean, (w0 + 2.0) / 2)
+    _close(stats.logprob_mismatch, (0.5 + 1.5) / 2)
+
+
+def test_tis_off_measures_the_mismatch_but_leaves_the_loss_alone():
+    logprobs = torch.tensor([[-1.0, -2.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0]])
+    sampling = torch.tensor([[-0.5, -3.5, float("nan")]])  # padding may hold anything
+    plain, _ = policy_loss(logprobs, None, torch.tensor([1.0]), mask, max_new_tokens=3)
+    loss, stats = policy_loss(logprobs, None, torch.tensor([1.0]), mask, max_new_tokens=3,
+                              sampling_logprobs=sampling, tis_cap=0.0)
+    _close(loss, plain)
+    _close(stats.tis_weight_mean, 1.0)
+    _close(stats.logprob_mismatch, 1.0)  # (|−1 − (−0.5)| + |−2 − (−3.5)|) / 2 tokens
+
+
+def test_tis_with_equal_logprobs_is_the_plain_loss_and_padding_nan_does_not_leak():
+    logprobs = torch.tensor([[-1.0, -2.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0]])
+    sampling = torch.tensor([[-1.0, -2.0, float("nan")]])
+    plain, _ = policy_loss(logprobs, None, torch.tensor([0.5]), mask, max_new_tokens=3)
+    loss, stats = policy_loss(logprobs, None, torch.tensor([0.5]), mask, max_new_tokens=3,
+                              sampling_logprobs=sampling, tis_cap=3.0)
+    _close(loss, plain)
+    assert math.isfinite(float(loss.detach()))
+    _close(stats.logprob_mismatch, 0.0)

@@ -105,6 +105,13 @@ class GrpoConfig:
     """sequence | split. With split, the tokens of the `[epistemic status: X]` tag get the group advantage of
     the calibration part of the reward (−λ·(X/10 − target)²) and the answer tokens the group advantage of the
     informativeness part; parse failures keep the sequence advantage."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling against the rollout engine's own logprobs: each token's policy-gradient term
+    is weighted by min(π_train/π_sampler, tis_cap). 0 turns it off (the gap is still logged as
+    rollout/logprob_mismatch); with rollout.engine=vllm a cap of about 2 is a common choice."""
+    overlap_judge: bool = True
+    """Judge chunk k in a background thread while chunk k+1 is rolled out (grad_accum_steps > 1). The update sees
+    exactly the same rollouts and scores either way; time/judge_s then counts only the wait that was not hidden."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "prompts_per_step", "grad_accum_steps", "micro_batch_size", "num_iterations"):
@@ -125,6 +132,9 @@ class GrpoConfig:
         require(self.scale_rewards in ("none", "group", "batch"),
                f"grpo.scale_rewards={self.scale_rewards!r}; use none, group or batch.")
         require(math.isfinite(self.beta) and self.beta >= 0, f"grpo.beta={self.beta} must be a finite number >= 0.")
+        require(self.tis_cap == 0 or 1 <= self.tis_cap < math.inf,
+               f"grpo.tis_cap={self.tis_cap} must be 0 (off) or a finite number >= 1 (a cap below 1 would shrink "
+               "every token's weight).")
         require(self.advantage_routing in ADVANTAGE_ROUTINGS,
                f"grpo.advantage_routing={self.advantage_routing!r}; use sequence or split.")
 

@@ -12,6 +12,9 @@ What we deliberately do NOT do:
   it is never turned into a Python number before being added to the loss.
 - No re-computation of the sampling distribution by other means: logprobs come from the logits
   divided by the sampling temperature, gathered at the sampled ids.
+- No silent importance correction for the sampler/trainer gap (a vLLM engine computes slightly different
+  logprobs than the training forward): it is measured always (`LossStats.logprob_mismatch`) and corrected only
+  when `tis_cap > 0` (truncated importance sampling, weights detached).
 
 Vocabulary: `B` prompts, `G` generations per prompt, `N = B * G` rollouts (or a micro-batch of them),
 `T` new tokens (padded), `V` vocabulary size.
@@ -35,8 +38,8 @@ class LossStats:
     """Detached numbers from one `policy_loss` call, for logging.
 
     `loss` and `policy_loss` use the same normaliser as the returned loss, so the values of the
-    micro-batches of one optimizer step add up to the step's loss. `kl`, `clip_frac` and `ratio_mean`
-    are means over this call's completion tokens.
+    micro-batches of one optimizer step add up to the step's loss. `kl`, `clip_frac`, `ratio_mean`,
+    `tis_weight_mean` and `logprob_mismatch` are means over this call's completion tokens.
     """
 
     loss: float
@@ -44,6 +47,9 @@ class LossStats:
     kl: float | None
     clip_frac: float
     ratio_mean: float
+    tis_weight_mean: float = 1.0
+    logprob_mismatch: float | None = None
+    """mean |old_logprobs − sampling_logprobs|; None when the sampler's logprobs are unknown."""
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
@@ -205,6 +211,8 @@ def policy_loss(
     max_new_tokens: int,
     num_rollouts: int | None = None,
     num_tokens: int | None = None,
+    sampling_logprobs: Tensor | None = None,
+    tis_cap: float = 0.0,
 ) -> tuple[Tensor, LossStats]:
     """Clipped policy-gradient loss with optional k3 KL, aggregated per `loss_type`.
 
@@ -215,6 +223,9 @@ def policy_loss(
         "dr_grpo": sum_{n,t} m*l / (num_rollouts * max_new_tokens)     (constant; default)
         "grpo":    sum_n [sum_t m*l / sum_t m] / num_rollouts           (per-sequence mean)
         "dapo":    sum_{n,t} m*l / num_tokens                           (token mean over the step)
+    Truncated importance sampling (tis_cap > 0; the sampler is another engine, e.g. vLLM;
+    https://fengyao.notion.site/off-policy-rl), a detached weight on the policy-gradient term:
+        w_t = min(exp(old_logprobs - sampling_logprobs), tis_cap)          l_t = w_t * pg_t + beta * kl_t
     Pass the optimizer step's totals as `num_rollouts` / `num_tokens` when the step is split into
     micro-batches; the micro-batch losses then add up exactly to the full-batch loss. Left None,
     they are this call's N and completion-token count.
@@ -233,6 +244,9 @@ def policy_loss(
         max_new_tokens: the sampling limit T_max, for the dr_grpo normaliser.
         num_rollouts: rollouts in the whole optimizer step (dr_grpo, grpo).
         num_tokens: completion tokens in the whole optimizer step (dapo).
+        sampling_logprobs: [N, T] the sampler's logprobs of the sampled ids (`Rollouts.sampling_logprobs`), or
+            None. Always used for `LossStats.logprob_mismatch`; for the correction only when tis_cap > 0.
+        tis_cap: cap of the truncated importance-sampling weight; 0 turns the correction off.
 
     Returns:
         The scalar loss (with gradient) and its `LossStats`.
@@ -250,6 +264,13 @@ def policy_loss(
     eps_high = epsilon if epsilon_high is None else epsilon_high
     clipped_ratio = ratio.clamp(1 - epsilon, 1 + eps_high)  # [N, T]
     pg = -torch.min(ratio * adv, clipped_ratio * adv)  # [N, T]
+    gap = None  # [N, T] old − sampling logprobs on completion tokens, 0 elsewhere (padding may hold anything)
+    if sampling_logprobs is not None:
+        gap = torch.where(mask.bool(), old_logprobs.detach() - sampling_logprobs.to(pg.dtype), 0.0)  # [N, T]
+    tis = torch.ones_like(pg)  # [N, T]
+    if tis_cap > 0 and gap is not None:
+        tis = torch.exp(gap).clamp(max=tis_cap)  # [N, T], no gradient: both logprobs are detached
+        pg = tis * pg  # [N, T]
     kl = kl_k3(logprobs, ref_logprobs) if ref_logprobs is not None else None  # [N, T]
     per_token = pg + beta * kl if beta != 0.0 else pg  # [N, T]; kl keeps its grad_fn
 
@@ -263,6 +284,8 @@ def policy_loss(
             kl=None if kl is None else float(masked_mean(kl.detach(), mask)),
             clip_frac=float(masked_mean(clipped.to(mask.dtype), mask)),
             ratio_mean=float(masked_mean(ratio.detach(), mask)),
+            tis_weight_mean=float(masked_mean(tis, mask)),
+            logprob_mismatch=None if gap is None else float(masked_mean(gap.abs(), mask)),
         )
     return loss, stats
 

@@ -1,10 +1,12 @@
 """Dr. GRPO training of the oracle: `grpo-ao grpo --config CONFIG`.
 
 One optimizer step:
-  1. for each of grad_accum_steps chunks: sample B tasks → rollouts (G each, injection, eval mode)
-     → parse → judge → reward → group advantages (judge failures masked out);
+  1. for each of grad_accum_steps chunks: sample B tasks → rollouts (G each, injection, eval mode, the chunk's
+     own seed, by the configured engine: `grpo_ao.engine`) → parse → judge (in a worker thread while the next
+     chunk is rolled out) → reward → group advantages (judge failures masked out);
   2. (num_iterations > 1) old logprobs; (beta > 0) reference logprobs with the starting adapter;
   3. for each iteration: loss over micro-batches with gradient accumulation → clip → AdamW step;
+     then the engine follows the new adapter (weight sync; parity check every rollout.parity_every syncs);
   4. log metrics, samples, checkpoint.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,7 @@ import torch
 from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, push_to_hub, save_checkpoint
 from grpo_ao.config import RunConfig, to_dict
+from grpo_ao.engine import build_engine
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import parse_epistemic_status, tag_token_mask
 from grpo_ao.judge import build_judge
@@ -44,7 +48,6 @@ from grpo_ao.rollout import (
     Rollouts,
     build_oracle_inputs,
     completion_logprobs,
-    generate_rollouts,
     injected_logprobs,
 )
 
@@ -68,27 +71,62 @@ class Chunk:
     ref_logprobs: torch.Tensor | None = None  # [N, T]
 
 
-def collect_chunk(cfg: RunConfig, model: Any, tokenizer: Any, sampler: Any, judge: Any, timers: dict) -> Chunk:
-    """Step 1 for one chunk: rollouts, parse, judge, reward, advantages."""
-    t0 = time.perf_counter()
-    tasks = sampler.next_batch(cfg.grpo.prompts_per_step)
-    spec = oracle_spec(cfg)
-    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
-    rollouts = generate_rollouts(model, tokenizer, inputs, cfg.sampling, spec=spec)
-    parsed = [parse_epistemic_status(text) for text in rollouts.texts]
-    t1 = time.perf_counter()
+def chunk_seed(seed: int, step: int, chunk: int) -> int:
+    """The sampling seed of rollout chunk `chunk` of optimizer step `step`: a chunk samples the same completions
+    whichever process rolls it out and whatever ran before it (data-parallel ranks, resume, judge overlap)."""
+    return (seed * 1_000_003 + step * 1_009 + chunk) % 2**63
+
+
+def roll_out_chunk(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, tasks: list, seed: int) -> tuple:
+    """Step 1a for one chunk: subject activations, G rollouts per task with the chunk's own seed, parse."""
+    torch.manual_seed(seed)
+    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=oracle_spec(cfg))
+    rollouts = engine.generate(inputs, cfg.sampling)
+    return inputs, rollouts, [parse_epistemic_status(text) for text in rollouts.texts]
+
+
+def score_chunk(cfg: RunConfig, tokenizer: Any, tasks: list, inputs: Any, rollouts: Rollouts, parsed: list,
+                judged: list, breakdowns: list) -> Chunk:
+    """Step 1c for one chunk: rewards → group advantages (judge failures masked out), routed if configured."""
     g = cfg.sampling.num_generations
-    judged, breakdowns = judge_and_reward(judge, tasks, parsed, g, cfg.reward, cfg.judge.score_parse_failures)
-    t2 = time.perf_counter()
     valid = torch.tensor([bd.total is not None for bd in breakdowns])  # [N]
     rewards = torch.tensor([bd.total if bd.total is not None else float("nan") for bd in breakdowns])  # [N]
     advantages = group_advantages(rewards.view(-1, g), valid.view(-1, g), cfg.grpo.scale_rewards).view(-1)  # [N]
     token_advantages = None
     if cfg.grpo.advantage_routing == "split":
         token_advantages = routed_advantages(tokenizer, rollouts, breakdowns, rewards, valid, cfg.reward.lam)
-    timers["rollout"] += t1 - t0
-    timers["judge"] += t2 - t1
     return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid, token_advantages)
+
+
+def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, sampler: Any, judge: Any, step: int,
+                   timers: dict) -> list[Chunk]:
+    """Step 1: grad_accum_steps chunks of B tasks: 1a roll out, 1b judge + reward (in a worker thread while the
+    next chunk is rolled out, with grpo.overlap_judge), 1c advantages. Judge calls only do network or CPU-light
+    work, so the rollouts and the scores are the same with and without the overlap."""
+    g = cfg.sampling.num_generations
+
+    def judge_chunk(tasks: list, parsed: list) -> tuple[list, list]:  # 1b
+        return judge_and_reward(judge, tasks, parsed, g, cfg.reward, cfg.judge.score_parse_failures)
+
+    rolled, pending = [], []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge") as pool:
+        for k in range(cfg.grpo.grad_accum_steps):
+            t0 = time.perf_counter()
+            tasks = sampler.next_batch(cfg.grpo.prompts_per_step)
+            inputs, rollouts, parsed = roll_out_chunk(cfg, model, tokenizer, engine, tasks,
+                                                      chunk_seed(cfg.seed, step, k))  # 1a
+            t1 = time.perf_counter()
+            timers["rollout"] += t1 - t0
+            rolled.append((tasks, inputs, rollouts, parsed))
+            if cfg.grpo.overlap_judge:
+                pending.append(pool.submit(judge_chunk, tasks, parsed))
+            else:
+                pending.append(judge_chunk(tasks, parsed))
+                timers["judge"] += time.perf_counter() - t1
+        t0 = time.perf_counter()
+        scores = [p.result() if isinstance(p, Future) else p for p in pending]
+        timers["judge"] += time.perf_counter() - t0  # with the overlap: only the wait that was not hidden
+    return [score_chunk(cfg, tokenizer, *chunk, *score) for chunk, score in zip(rolled, scores, strict=True)]  # 1c
 
 
 def routed_advantages(tokenizer: Any, rollouts: Rollouts, breakdowns: list, rewards: torch.Tensor,
@@ -168,6 +206,8 @@ def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, n
                     ref_logprobs=None if chunk.ref_logprobs is None else chunk.ref_logprobs[t].to(device),
                     beta=cfg.grpo.beta, loss_type=cfg.grpo.loss_type, max_new_tokens=cfg.sampling.max_new_tokens,
                     num_rollouts=num_rollouts, num_tokens=num_tokens,
+                    sampling_logprobs=None if mb.sampling_logprobs is None else mb.sampling_logprobs.to(device),
+                    tis_cap=cfg.grpo.tis_cap,
                 )
                 loss.backward()
             stats.append(st)
@@ -206,6 +246,10 @@ def step_metrics(chunks: list[Chunk], loss_stats: list, grad_norm: float, lr: fl
         out[M.LOSS_KL] = sum(kls) / len(kls) if kls else 0.0
         out[M.LOSS_CLIP_FRAC] = sum(s.clip_frac for s in loss_stats) / len(loss_stats)
         out[M.LOSS_RATIO_MEAN] = sum(s.ratio_mean for s in loss_stats) / len(loss_stats)
+        out[M.LOSS_TIS_WEIGHT_MEAN] = sum(s.tis_weight_mean for s in loss_stats) / len(loss_stats)
+        gaps = [s.logprob_mismatch for s in loss_stats if s.logprob_mismatch is not None]
+        if gaps:
+            out[M.ROLLOUT_LOGPROB_MISMATCH] = sum(gaps) / len(gaps)
     if torch.cuda.is_available():
         out[M.PERF_PEAK_MEMORY_GB] = torch.cuda.max_memory_allocated() / 2**30
     return out
@@ -274,13 +318,14 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         start = int(state["step"])
         print(f"Resuming from {ckpt} (step {start}).")
     sinks = build_sinks(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project, cfg.name, to_dict(cfg))
+    engine = start_engine(cfg, model, tokenizer, run_dir)
     bar = progress_bar(cfg.grpo.max_steps, "grpo", cfg.logging.progress, initial=start)
     outage = 0  # consecutive steps whose every judge call failed
     for step in range(start + 1, cfg.grpo.max_steps + 1):
         timers = {"rollout": 0.0, "judge": 0.0, "update": 0.0}
         judge_before = judge.stats.snapshot()
-        chunks = [collect_chunk(cfg, model, tokenizer, sampler, judge, timers)  # 1.
-                  for _ in range(cfg.grpo.grad_accum_steps)]
+        chunks = collect_chunks(cfg, model, tokenizer, engine, sampler, judge, step, timers)  # 1.
+        engine.sleep()
         t0 = time.perf_counter()
         for chunk in chunks:  # 2.
             if cfg.grpo.num_iterations > 1:
@@ -300,6 +345,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                 optimizer.step()
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
+        engine.wake_up()
+        engine.after_step(model, tokenizer)
         timers["update"] = time.perf_counter() - t0
         metrics = step_metrics(chunks, loss_stats, grad_norm, lr, judge.stats.delta(judge_before), timers)  # 4.
         sinks.log(metrics, step)
@@ -315,11 +362,24 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         outage = judge_outage(chunks, outage, cfg.grpo.max_judge_outage_steps, step)
     bar.close()
     sinks.close()
+    engine.close()
     final = latest_checkpoint(run_dir)
     adapter_dir = final / "adapter" if final else None
     if cfg.logging.push_to_hub and adapter_dir:
         push_to_hub(adapter_dir, cfg.logging.push_to_hub)
     return write_summary(run_dir, cfg, adapter_dir, judge)
+
+
+def start_engine(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Any) -> Any:
+    """The configured rollout engine; a vLLM engine is parity-checked on rollout.parity_prompts tasks drawn from a
+    sampler of its own (the training sampler's position is untouched)."""
+    parity_inputs = None
+    if cfg.rollout.engine != "hf" and cfg.rollout.parity_prompts:
+        tasks = task_sampler(cfg.data, tokenizer).next_batch(cfg.rollout.parity_prompts)
+        parity_inputs = build_oracle_inputs(model, tokenizer, tasks, spec=oracle_spec(cfg))
+    return build_engine(cfg.rollout, model, tokenizer, spec=oracle_spec(cfg), dtype=cfg.model.dtype,
+                        device=cfg.model.device, seed=cfg.seed, work_dir=run_dir / "engine",
+                        parity_inputs=parity_inputs)
 
 
 def write_summary(run_dir, cfg: RunConfig, adapter_dir, judge) -> dict[str, Any]:

@@ -1,0 +1,125 @@
+"""Rollout engines: what samples the G completions per prompt (`rollout.engine: hf | vllm`).
+
+Both engines take the same `OracleInputs` (subject activations extracted on the training model with the
+adapter off, prompts rendered and left-padded) and return the same `Rollouts`, with the sampler's own
+logprobs of the sampled ids (`Rollouts.sampling_logprobs`) so the trainer can measure and correct the gap
+between the sampler and the training forward.
+
+- `HfEngine` samples with the training model itself (`rollout.generate_rollouts`): always in sync, nothing to do
+  after an optimizer step.
+- The vLLM engine (`grpo_ao.vllm_engine.VllmEngine`) holds its own copy of the base weights: after each
+  optimizer step `sync_weights` makes it sample from the current adapter, and a parity check (greedy tokens and
+  logprobs against the HF injected path) runs at start-up and every `rollout.parity_every` syncs.
+
+We deliberately do not fall back from vLLM to HF when vLLM is missing or fails its parity check: the run stops
+with the reason, because a silent switch would change speed and numerics under the user.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from grpo_ao.rollout import (
+    OracleInputs,
+    OracleSpec,
+    RolloutConfig,
+    Rollouts,
+    SamplingConfig,
+    generate_rollouts,
+)
+
+
+class RolloutEngine(Protocol):
+    """Samples rollouts for a batch of oracle inputs and follows the trained adapter."""
+
+    def generate(self, inputs: OracleInputs, sampling: SamplingConfig) -> Rollouts: ...
+
+    def sync_weights(self, model: Any) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class HfEngine:
+    """Hugging Face sampling on the training model (adapter on, eval mode, injection in the prefill)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, spec: OracleSpec) -> None:
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+
+    def generate(self, inputs: OracleInputs, sampling: SamplingConfig) -> Rollouts:
+        return generate_rollouts(self.model, self.tokenizer, inputs, sampling, spec=self.spec)
+
+    def sync_weights(self, model: Any) -> None:
+        """Nothing to do: the engine is the training model."""
+
+    def sleep(self) -> None:
+        """Nothing to free."""
+
+    def wake_up(self) -> None:
+        """Nothing to restore."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class SyncedEngine:
+    """A rollout engine plus the trainer's obligations towards it: a weight sync after every optimizer step and
+    the parity check at start-up and every `settings.parity_every` syncs (on `parity_inputs`)."""
+
+    def __init__(self, engine: RolloutEngine, settings: RolloutConfig, parity_inputs: OracleInputs | None) -> None:
+        self.engine, self.settings, self.parity_inputs = engine, settings, parity_inputs
+        self.syncs = 0
+
+    def generate(self, inputs: OracleInputs, sampling: SamplingConfig) -> Rollouts:
+        return self.engine.generate(inputs, sampling)
+
+    def check_parity(self, model: Any, tokenizer: Any) -> None:
+        """Raise `GrpoAoError` when the engine's greedy tokens or logprobs differ from the HF injected path."""
+        if self.parity_inputs is not None and hasattr(self.engine, "parity_check"):
+            self.engine.parity_check(model, tokenizer, self.parity_inputs)
+
+    def after_step(self, model: Any, tokenizer: Any) -> None:
+        """After an optimizer step: sync the weights; every `parity_every` syncs, check parity again."""
+        self.engine.sync_weights(model)
+        self.syncs += 1
+        if self.settings.parity_every and self.syncs % self.settings.parity_every == 0:
+            self.check_parity(model, tokenizer)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def build_engine(settings: RolloutConfig, model: Any, tokenizer: Any, *, spec: OracleSpec, dtype: str, device: str,
+                 seed: int, work_dir: Path, parity_inputs: OracleInputs | None = None) -> SyncedEngine:
+    """The configured engine, started and (for vLLM) parity-checked against the HF path on `parity_inputs`.
+
+    Args:
+        settings: the `rollout` config section.
+        model, tokenizer: the training oracle (peft model, adapter on) and its tokenizer.
+        spec: the oracle spec (injection layer and coefficient; the prompts are already rendered in the inputs).
+        dtype, device: the training model's (`model.dtype`, `model.device`); the vLLM engine uses the same.
+        seed: the run's seed (vLLM's sampler seed).
+        work_dir: where the vLLM engine keeps its copy of the base weights and its caches.
+        parity_inputs: a few oracle inputs for the parity check (None or settings.parity_prompts=0: no check).
+    """
+    if settings.engine == "hf":
+        return SyncedEngine(HfEngine(model, tokenizer, spec=spec), settings, None)
+    from grpo_ao.vllm_engine import VllmEngine, save_for_vllm
+
+    model_dir = save_for_vllm(model, tokenizer, work_dir / "base_model")
+    engine = VllmEngine(model_dir, tokenizer, spec=spec, settings=settings, dtype=dtype, device=device, seed=seed,
+                        work_dir=work_dir)
+    engine.sync_weights(model)  # the starting adapter
+    synced = SyncedEngine(engine, settings, parity_inputs if settings.parity_prompts else None)
+    synced.check_parity(model, tokenizer)
+    return synced
