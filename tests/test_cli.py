@@ -14,7 +14,7 @@ from grpo_ao.cli import main
 from grpo_ao.config import load_config, shipped_configs
 
 GRPO_AO = Path(sys.executable).with_name("grpo-ao")
-COMMANDS = ("run", "grpo", "ao-sft", "sft", "observe", "eval", "bench", "config")
+COMMANDS = ("run", "grpo", "ao-sft", "sft", "observe", "eval", "bench", "doctor", "config")
 
 
 def _cli(*args, cwd=None):

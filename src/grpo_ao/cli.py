@@ -47,9 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", action="append", default=[], metavar="PATH",
                    help="adapter to evaluate (repeatable; 'base' = the config's starting adapter, "
                         "'none' = the bare base model)")
-    p = sub.add_parser("bench", help="speed/memory of batched sampling and logprobs vs the naive loop")
+    p = sub.add_parser("bench", help="whole GRPO steps: the prototype's step vs ours with each rollout engine")
     _training_args(p, max_steps=False)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported)")
+    p.add_argument("--engines", default="hf", help="our step with these rollout engines, comma-separated: hf, vllm "
+                   "(vllm needs scripts/install_vllm.sh)")
+    p = sub.add_parser("doctor", help="is this machine ready? versions, GPUs, memory, disk, keys, endpoints")
+    p.add_argument("--config", help="also check what this config needs (shipped name or YAML path)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--offline", action="store_true", help="skip the network checks (hub, judge endpoint)")
 
     p = sub.add_parser("config", help="show or validate configs")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -126,7 +132,15 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "bench":
         from grpo_ao.recipes import bench
 
-        bench.run(_load(args), repeats=args.repeats)
+        bench.run(_load(args), repeats=args.repeats, engines=tuple(e for e in args.engines.split(",") if e))
+    elif args.command == "doctor":
+        from grpo_ao.doctor import exit_code, render
+        from grpo_ao.recipes import doctor
+
+        cfg = _load(args) if args.config else None
+        findings = doctor.run(cfg, offline=args.offline)
+        print(render(findings, doctor.title(cfg, args.offline)))
+        return exit_code(findings)
     return 0
 
 
