@@ -152,10 +152,10 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(sft_adapter, tmp_pat
     full = grpo.run(_cfg(sft_adapter, tmp_path / "full", *overrides))
 
     # the second run dies after step 3 was logged (checkpoint at 2): the kind of kill --resume is for
-    real_build_sinks = grpo.build_sinks
+    real_run_sinks = grpo.run_sinks
 
     def dying_sinks(*args, **kwargs):
-        sinks = real_build_sinks(*args, **kwargs)
+        sinks = real_run_sinks(*args, **kwargs)
         log = sinks.log
 
         def log_then_die(metrics, step):
@@ -167,10 +167,10 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(sft_adapter, tmp_pat
         return sinks
 
     cfg = _cfg(sft_adapter, tmp_path / "killed", *overrides)
-    monkeypatch.setattr(grpo, "build_sinks", dying_sinks)
+    monkeypatch.setattr(grpo, "run_sinks", dying_sinks)
     with pytest.raises(_Killed):
         grpo.run(cfg)
-    monkeypatch.setattr(grpo, "build_sinks", real_build_sinks)
+    monkeypatch.setattr(grpo, "run_sinks", real_run_sinks)
     assert grpo.latest_checkpoint(cfg.run_dir).name == "step-000002"
     resumed = grpo.run(cfg, resume=True)
 
@@ -553,3 +553,46 @@ def test_a_chunk_samples_the_same_rollouts_whatever_was_sampled_before_it(setup)
     other = grpo.roll_out_chunk(cfg, model, tokenizer, engine, tasks, grpo.chunk_seed(cfg.seed, 3, 0))[1]
     assert torch.equal(first.completion_ids, again.completion_ids)
     assert not torch.equal(first.completion_ids, other.completion_ids), "another chunk's seed samples differently"
+
+
+# --- 5. data parallel: 2 CPU processes through `accelerate launch` (see tests/test_distributed.py) -------------
+
+
+def test_two_processes_with_a_chunk_each_train_like_one_process_with_two_chunks_and_resume(sft_adapter, tmp_path):
+    """grad_accum_steps=2: one process rolls out chunks 0 and 1; two processes one each, with the same per-chunk
+    seeds. The update, the metrics and the samples are those of the one process; rank 0 writes them once."""
+    from test_distributed import launch_two_processes, run_one_process
+
+    args = ["grpo", "--config", "tiny", f"model.adapter={sft_adapter}", *FAST, "grpo.max_steps=3",
+            "grpo.grad_accum_steps=2", "grpo.prompts_per_step=2", "logging.checkpoint_every=2",
+            "logging.samples_every=1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_one_process(*args, f"logging.output_dir={one}")
+    r = launch_two_processes("-m", "grpo_ao.cli", *args, f"logging.output_dir={two}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    start = _adapter(sft_adapter)
+    for step in (2, 3):
+        a = _adapter(one / "checkpoints" / f"step-{step:06d}" / "adapter")
+        b = _adapter(two / "checkpoints" / f"step-{step:06d}" / "adapter")
+        assert any(not torch.equal(a[k], start[k]) for k in a), "the runs must train"
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+    assert [r["step"] for r in read_metrics(two)] == [1, 2, 3], "each step written once, by rank 0"
+    a, b = _steps(one), _steps(two)
+    keys = [M.REWARD_MEAN, M.REWARD_STD, M.FORMAT_PARSE_RATE, M.ROLLOUT_LEN_MEAN, M.ADV_STD, M.GROUP_ZERO_STD_FRAC,
+            M.LOSS_POLICY, M.LOSS_TOTAL, M.LOSS_CLIP_FRAC, M.OPTIM_GRAD_NORM, M.JUDGE_CALLS]
+    assert any(a[s][M.OPTIM_GRAD_NORM] > 0 for s in (1, 2, 3))
+    for step in (1, 2, 3):  # from both ranks' chunks, as one process computes them
+        for k in keys:
+            assert b[step][k] == pytest.approx(a[step][k], abs=1e-5, nan_ok=True), (step, k)
+    assert _samples(two) == _samples(one) and len(_samples(two)) == 3 * 2 * 2  # steps × chunks × B prompts
+    # killed after the step-2 checkpoint: both ranks resume from it (sampler, RNG, optimizer) to the same adapter
+    (two / "checkpoints" / "step-000003" / "COMPLETE").unlink()
+    r = launch_two_processes("-m", "grpo_ao.cli", *args, f"logging.output_dir={two}", "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Resuming from" in r.stdout and [r["step"] for r in read_metrics(two)] == [1, 2, 3, 3]
+    a = _adapter(one / "checkpoints" / "step-000003" / "adapter")
+    b = _adapter(two / "checkpoints" / "step-000003" / "adapter")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+    assert _steps(two)[3][M.REWARD_MEAN] == pytest.approx(_steps(one)[3][M.REWARD_MEAN], abs=1e-6)

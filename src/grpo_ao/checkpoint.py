@@ -6,12 +6,15 @@ Layout of one checkpoint, `run_dir/checkpoints/step-000120/`:
     adapter/adapter_config.json
     optimizer.pt  scheduler.pt          state dicts
     rng.pt                              python `random`, numpy, torch CPU and CUDA generator states
+    rng-rank1.pt ...                    the same for ranks 1.. of a data-parallel run
     trainer_state.json                  the trainer's dict (step, data position, judge cache path, ...)
     COMPLETE                            written last; a directory without it is never loaded
 
 Everything is written into a hidden temp directory next to the final one and renamed into place,
 so a crash leaves either the old checkpoints or the new complete one, never a half-written
-`step-*`. We do not save the base model (it is read from its own source again) and we do not push
+`step-*`. In a data-parallel run every rank calls `save_checkpoint` and `load_checkpoint`: rank 0
+writes (every rank holds the same adapter and optimizer state, checked before writing), each rank
+restores its own RNG state. We do not save the base model (it is read from its own source again) and we do not push
 anything to the Hub unless `push_to_hub` is called with an explicit repository.
 """
 
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpo_ao.distributed import barrier, check_replicas_agree, gather_objects, place
 from grpo_ao.errors import GrpoAoError
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -55,6 +59,9 @@ def save_checkpoint(
     2. rename it to its final name (replacing an earlier save of the same step);
     3. delete complete checkpoints beyond the newest `keep_last` and temp dirs left by crashes.
 
+    Data parallel: every rank calls it (a collective). The ranks' adapters are checked to agree and their
+    RNG states gathered; rank 0 does steps 1-3 while the others wait; all return the same path.
+
     Args:
         run_dir: the run directory.
         step: the optimizer step just finished.
@@ -71,25 +78,40 @@ def save_checkpoint(
     if keep_last is not None and keep_last < 1:
         raise GrpoAoError(f"keep_last={keep_last}: keep at least 1 checkpoint (or None to keep all).")
     root = Path(run_dir) / CHECKPOINTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=root))
-    # 1. write
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the checkpoint should read like any directory
-        state = {"step": step, **trainer_state}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        _save_adapter(model, tmp / ADAPTER_DIR, adapter_name)
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        if scheduler is not None:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        (tmp / COMPLETE_MARKER).write_text(f"step {step}\nsaved {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    # 2. rename; a directory cannot be renamed over a non-empty one, so move the old one aside
+    check_replicas_agree([p for p in model.parameters() if p.requires_grad])
+    rng_states = gather_objects(_rng_state())
+    if place().is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=root))
+        try:  # 1. write
+            _write(tmp, {"step": step, **trainer_state}, model, optimizer, scheduler, rng_states, adapter_name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _rename(tmp, final, root)  # 2.
+        _prune(root, keep_last, newest=final)  # 3.
+    barrier()  # no rank reads checkpoints/ (latest_checkpoint) before rank 0 has renamed this one
+    return final
+
+
+def _write(tmp: Path, state: dict, model: Any, optimizer: Any, scheduler: Any, rng_states: list[dict],
+           adapter_name: str) -> None:
+    """Every file of a checkpoint into `tmp`, COMPLETE last; rank r's RNG state as rng.pt (r = 0) or rng-rank{r}.pt."""
+    tmp.chmod(0o755)  # mkdtemp makes it private; the checkpoint should read like any directory
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    _save_adapter(model, tmp / ADAPTER_DIR, adapter_name)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    for rank, rng in enumerate(rng_states):
+        torch.save(rng, tmp / _rng_file(rank))
+    (tmp / COMPLETE_MARKER).write_text(f"step {state['step']}\nsaved {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+
+
+def _rename(tmp: Path, final: Path, root: Path) -> None:
+    """tmp -> final; a directory cannot be renamed over a non-empty one, so an old `final` moves aside first."""
     if final.exists():
         old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-{final.name}-", dir=root))
         final.rename(old / final.name)
@@ -97,9 +119,10 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
-    # 3. prune
-    _prune(root, keep_last, newest=final)
-    return final
+
+
+def _rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -122,7 +145,9 @@ def load_checkpoint(
     """Restore a checkpoint written by `save_checkpoint` into existing objects.
 
     Loads the adapter weights into `model` (a `PeftModel` with the same LoRA config), the optimizer
-    and scheduler states (None skips them) and the python/numpy/torch/CUDA RNG states.
+    and scheduler states (None skips them) and the python/numpy/torch/CUDA RNG states. In a data-parallel
+    run each rank restores its own RNG state (rank 0's when the checkpoint has none for it, e.g. it was
+    written by fewer processes).
 
     Returns:
         The trainer state dict saved with the checkpoint.
@@ -138,7 +163,8 @@ def load_checkpoint(
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     if scheduler is not None:
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    rng_file = path / _rng_file(place().rank)
+    _set_rng_state(torch.load(rng_file if rng_file.is_file() else path / _rng_file(0), weights_only=True))
     return json.loads((path / "trainer_state.json").read_text())
 
 

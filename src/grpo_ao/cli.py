@@ -107,10 +107,11 @@ def dispatch(args: argparse.Namespace) -> int:
             args.config = pipeline.default_config()
         pipeline.run(_load(args))
     elif args.command == "grpo":
+        from grpo_ao.distributed import print0
         from grpo_ao.recipes import grpo
 
         summary = grpo.run(_load(args), resume=args.resume)
-        print(f"GRPO done: reward first 20% {summary['reward_first_20pct']}, last 20% "
+        print0(f"GRPO done: reward first 20% {summary['reward_first_20pct']}, last 20% "
               f"{summary['reward_last_20pct']}; adapter {summary['adapter']}")
     elif args.command == "ao-sft":
         from grpo_ao.recipes import ao_sft

@@ -17,6 +17,10 @@ published oracle: a LoRA learns to answer questions about a text from the subjec
      at `oracle.injection_layer`, batched; checkpoints every `logging.checkpoint_every` steps (resumable).
   5. Held-out accuracy after training (real and shuffled); summary.json.
 
+Data parallel (`accelerate launch`, see `grpo_ao.distributed`): rank 0 extracts and caches the activations
+and the others read the cache; each step's `ao_sft.batch_size` items are split across the ranks (global
+token count as the loss normaliser); the held-out items are split and their answers gathered.
+
 Correctness is `grading.grade`, the rule every stage uses. We deliberately do not show the oracle a system
 prompt here: the format (`[epistemic status: X]`) is taught afterwards by format SFT, as for the published
 oracles.
@@ -40,10 +44,10 @@ from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import Example, load_examples, split_examples
+from grpo_ao.distributed import gather_objects, main_first, place, print0, require_divisible, shard, unshard
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import left_pad, render_oracle_prompt
 from grpo_ao.grading import grade, is_yes_no_question
-from grpo_ao.metrics import build_sinks
 from grpo_ao.models import num_layers
 from grpo_ao.recipes.setup import (
     archive_previous_run,
@@ -51,6 +55,7 @@ from grpo_ao.recipes.setup import (
     optimizer_and_scheduler,
     oracle_spec,
     progress_bar,
+    run_sinks,
     seed_everything,
     start_run,
     teacher_forced_step,
@@ -202,13 +207,15 @@ def teacher_forcing_batch(tokenizer: Any, model: Any, items: list[AoItem], vecto
 def heldout_accuracy(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoItem], vectors: list[torch.Tensor],
                      donors: list[int] | None = None) -> dict[str, Any]:
     """Greedy answers graded by `grade`; with `donors`, item i reads item donors[i]'s activations (control).
+    Each rank answers its share of the items; the answers are gathered in item order on every rank.
 
     Returns accuracy over all items and over yes/no items, and the answers."""
     sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.ao_sft.max_answer_tokens, greedy=True)
     spec = oracle_spec(cfg).without_system_prompt()  # base-oracle layout, as `prompt_for` renders
+    mine = shard(range(len(items)), place().rank, place().world_size)
     answers: list[str] = []
-    for s in range(0, len(items), cfg.eval.batch_size):
-        idx = list(range(s, min(s + cfg.eval.batch_size, len(items))))
+    for s in range(0, len(mine), cfg.eval.batch_size):
+        idx = mine[s:s + cfg.eval.batch_size]
         src = idx if donors is None else [donors[i] for i in idx]  # whose activations each row reads
         prompts = [prompt_for(tokenizer, model, items[i], items[j].layer_percent, items[j].k) for i, j in zip(idx, src)]
         prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
@@ -216,6 +223,7 @@ def heldout_accuracy(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoI
         inputs = OracleInputs(prompt_ids, prompt_mask, positions, [vectors[j] for j in src], layers)
         rollouts = generate_rollouts(model, tokenizer, inputs, sampling, spec=spec)
         answers += [t.strip() for t in rollouts.texts]
+    answers = unshard(gather_objects(answers))
     correct = [grade(it.question, it.reference, a).correct is True for it, a in zip(items, answers, strict=True)]
     yes_no = [c for it, c in zip(items, correct) if it.kind == "yes_no"]
     return {"accuracy": sum(correct) / len(correct), "accuracy_yes_no": sum(yes_no) / len(yes_no) if yes_no else None,
@@ -246,6 +254,7 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Draw items, cache activations, train, and report held-out accuracy (real and shuffled) before → after."""
     t0 = time.perf_counter()
+    require_divisible(cfg.ao_sft.batch_size, "ao_sft.batch_size", "use a multiple of the number of processes.")
     run_dir = start_run(cfg, "ao_sft")
     if not resume:
         archive_previous_run(run_dir)
@@ -257,8 +266,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                           f"{len(held_ex)} held-out contexts; both need at least one.")
     items = draw_items(cfg, train_ex, tokenizer, cfg.ao_sft.num_examples, cfg.seed, context_prediction=True)
     held = draw_items(cfg, held_ex, tokenizer, cfg.ao_sft.heldout_examples, cfg.seed + 1, context_prediction=False)
-    vectors = with_activations(cfg, model, tokenizer, items, run_dir / "ao_cache" / cache_key(cfg, "train"))  # 2.
-    held_vectors = with_activations(cfg, model, tokenizer, held, run_dir / "ao_cache" / cache_key(cfg, "heldout"))
+    with main_first():  # rank 0 writes the caches, the others read them
+        vectors = with_activations(cfg, model, tokenizer, items, run_dir / "ao_cache" / cache_key(cfg, "train"))  # 2.
+        held_vectors = with_activations(cfg, model, tokenizer, held, run_dir / "ao_cache" / cache_key(cfg, "heldout"))
     steps_per_epoch = -(-len(items) // cfg.ao_sft.batch_size)
     total = steps_per_epoch * cfg.ao_sft.epochs
     optimizer, scheduler = optimizer_and_scheduler(model, cfg.ao_sft.lr, 0.0, cfg.ao_sft.warmup_steps, "cosine", total)
@@ -267,11 +277,11 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if ckpt is not None:
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
         start, before = int(state["step"]), state.get("before")
-        print(f"Resuming AO pretraining from {ckpt} (step {start}).")
+        print0(f"Resuming AO pretraining from {ckpt} (step {start}).")
     if before is None:
         before = _public(evaluate_heldout(cfg, model, tokenizer, held, held_vectors))  # 3.
-    print(_line("before", before))
-    sinks = build_sinks(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project, cfg.name, to_dict(cfg))
+    print0(_line("before", before))
+    sinks = run_sinks(cfg, run_dir)
     order_rng = random.Random(cfg.seed)
     orders = [order_rng.sample(range(len(items)), len(items)) for _ in range(cfg.ao_sft.epochs)]
     bar = progress_bar(total, "ao-sft", cfg.logging.progress, initial=start)
@@ -280,8 +290,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     for step in range(start + 1, total + 1):  # 4.
         epoch, s = divmod(step - 1, steps_per_epoch)
         idx = orders[epoch][s * cfg.ao_sft.batch_size:(s + 1) * cfg.ao_sft.batch_size]
+        idx = shard(idx, place().rank, place().world_size)  # this rank's share of the step's batch
         batch = teacher_forcing_batch(tokenizer, model, [items[i] for i in idx], [vectors[i] for i in idx],
-                                      cfg.ao_sft.max_answer_tokens)
+                                      cfg.ao_sft.max_answer_tokens) if idx else None
         loss, grad_norm, lr = teacher_forced_step(model, batch, spec, optimizer, scheduler, cfg.ao_sft.max_grad_norm)
         sinks.log({M.AO_SFT_LOSS: loss, M.OPTIM_GRAD_NORM: grad_norm, M.OPTIM_LR: lr}, step)
         bar.set_postfix(loss=f"{loss:.3f}")
@@ -292,18 +303,20 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     bar.close()
     model.eval()
     after = evaluate_heldout(cfg, model, tokenizer, held, held_vectors)  # 5.
-    print(_line("after", after))
+    print0(_line("after", after))
     sinks.log({M.AO_SFT_HELDOUT_ACCURACY_BEFORE: before["real"]["accuracy"],
                M.AO_SFT_HELDOUT_ACCURACY_AFTER: after["real"]["accuracy"],
                M.AO_SFT_HELDOUT_SHUFFLED_ACCURACY_AFTER: after["shuffled"]["accuracy"]}, total)
     sinks.close()
-    (run_dir / "heldout_answers.jsonl").write_text("".join(
-        json.dumps({**asdict(it), "answer": a, "answer_shuffled": b}) + "\n"
-        for it, a, b in zip(held, after["real"]["answers"], after["shuffled"]["answers"], strict=True)))
+    if place().is_main:
+        (run_dir / "heldout_answers.jsonl").write_text("".join(
+            json.dumps({**asdict(it), "answer": a, "answer_shuffled": b}) + "\n"
+            for it, a, b in zip(held, after["real"]["answers"], after["shuffled"]["answers"], strict=True)))
     final = latest_checkpoint(run_dir)
     summary = {"before": before, "after": _public(after), "train_items": len(items), "heldout_items": len(held),
                "train_contexts": len(train_ex), "heldout_contexts": len(held_ex), "steps": total,
                "adapter": str(final / "adapter") if final else None, "run_dir": str(run_dir),
                "wall_time_s": round(time.perf_counter() - t0, 1)}
-    write_json(run_dir / "summary.json", summary)
+    if place().is_main:
+        write_json(run_dir / "summary.json", summary)
     return summary

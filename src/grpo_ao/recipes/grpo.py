@@ -8,11 +8,19 @@ One optimizer step:
   3. for each iteration: loss over micro-batches with gradient accumulation → clip → AdamW step;
      then the engine follows the new adapter (weight sync; parity check every rollout.parity_every syncs);
   4. log metrics, samples, checkpoint.
+
+Data parallel (`accelerate launch`, see `grpo_ao.distributed`): the unit of work is the chunk. Every rank
+draws every chunk's tasks (so the sampler, and resume, stay identical on all ranks) and rolls out, judges
+and scores only its own chunks k ≡ rank (mod N), each with the seed of its GLOBAL index k; the loss
+normalisers are summed over ranks and the gradients summed before clipping, so N processes with
+grad_accum_steps = N·m make the update of one process with the same grad_accum_steps. Rank 0 logs
+metrics computed from every rank's chunks (`ChunkRecord`s, gathered) and writes samples and checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,13 +30,21 @@ import torch
 
 from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, push_to_hub, save_checkpoint
-from grpo_ao.config import RunConfig, to_dict
+from grpo_ao.config import RunConfig
+from grpo_ao.distributed import (
+    all_reduce_gradients,
+    gather_objects,
+    global_sum,
+    place,
+    print0,
+    require_divisible,
+)
 from grpo_ao.engine import build_engine
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import parse_epistemic_status, tag_token_mask
-from grpo_ao.judge import build_judge
+from grpo_ao.judge import JudgeStats, build_judge
 from grpo_ao.loss import group_advantages, policy_loss, route_advantages, split_advantages
-from grpo_ao.metrics import build_sinks, confidence_histogram
+from grpo_ao.metrics import confidence_histogram
 from grpo_ao.recipes.setup import (
     archive_previous_run,
     judge_cache_path,
@@ -36,6 +52,7 @@ from grpo_ao.recipes.setup import (
     optimizer_and_scheduler,
     oracle_spec,
     progress_bar,
+    run_sinks,
     seed_everything,
     start_run,
     task_sampler,
@@ -69,6 +86,39 @@ class Chunk:
     token_advantages: torch.Tensor | None = None  # [N, T] with advantage_routing=split
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
+    index: int = 0
+    """k: the chunk's place in the step (its sampling seed, and the rank that rolls it out: k mod N)."""
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """What the step's metrics, samples and judge-outage check read of one chunk: gathered from every rank,
+    so it holds no activations or token ids."""
+
+    index: int
+    tasks: list
+    layers: list[int]
+    texts: list[str]
+    parsed: list
+    judged: list
+    breakdowns: list
+    advantages: torch.Tensor  # [N]
+    valid: torch.Tensor  # [N] bool
+    lengths: torch.Tensor  # [N]
+    truncated: torch.Tensor  # [N] bool
+    num_generations: int
+
+
+def chunk_record(c: Chunk) -> ChunkRecord:
+    r = c.rollouts
+    return ChunkRecord(c.index, c.tasks, c.layers, r.texts, c.parsed, c.judged, c.breakdowns, c.advantages, c.valid,
+                       r.lengths, r.truncated, r.num_generations)
+
+
+def all_chunk_records(chunks: list[Chunk]) -> list[ChunkRecord]:
+    """Every rank's chunks as records, in chunk order (as one process would hold them), on every rank."""
+    return sorted((rec for part in gather_objects([chunk_record(c) for c in chunks]) for rec in part),
+                  key=lambda rec: rec.index)
 
 
 def chunk_seed(seed: int, step: int, chunk: int) -> int:
@@ -85,8 +135,8 @@ def roll_out_chunk(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, task
     return inputs, rollouts, [parse_epistemic_status(text) for text in rollouts.texts]
 
 
-def score_chunk(cfg: RunConfig, tokenizer: Any, tasks: list, inputs: Any, rollouts: Rollouts, parsed: list,
-                judged: list, breakdowns: list) -> Chunk:
+def score_chunk(cfg: RunConfig, tokenizer: Any, index: int, tasks: list, inputs: Any, rollouts: Rollouts,
+                parsed: list, judged: list, breakdowns: list) -> Chunk:
     """Step 1c for one chunk: rewards → group advantages (judge failures masked out), routed if configured."""
     g = cfg.sampling.num_generations
     valid = torch.tensor([bd.total is not None for bd in breakdowns])  # [N]
@@ -95,15 +145,19 @@ def score_chunk(cfg: RunConfig, tokenizer: Any, tasks: list, inputs: Any, rollou
     token_advantages = None
     if cfg.grpo.advantage_routing == "split":
         token_advantages = routed_advantages(tokenizer, rollouts, breakdowns, rewards, valid, cfg.reward.lam)
-    return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid, token_advantages)
+    return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid, token_advantages,
+                 index=index)
 
 
 def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, sampler: Any, judge: Any, step: int,
                    timers: dict) -> list[Chunk]:
     """Step 1: grad_accum_steps chunks of B tasks: 1a roll out, 1b judge + reward (in a worker thread while the
     next chunk is rolled out, with grpo.overlap_judge), 1c advantages. Judge calls only do network or CPU-light
-    work, so the rollouts and the scores are the same with and without the overlap."""
+    work, so the rollouts and the scores are the same with and without the overlap.
+
+    Data parallel: every rank draws every chunk's tasks and keeps its own chunks k ≡ rank (mod N)."""
     g = cfg.sampling.num_generations
+    rank, world = place().rank, place().world_size
 
     def judge_chunk(tasks: list, parsed: list) -> tuple[list, list]:  # 1b
         return judge_and_reward(judge, tasks, parsed, g, cfg.reward, cfg.judge.score_parse_failures)
@@ -113,11 +167,13 @@ def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, samp
         for k in range(cfg.grpo.grad_accum_steps):
             t0 = time.perf_counter()
             tasks = sampler.next_batch(cfg.grpo.prompts_per_step)
+            if k % world != rank:
+                continue  # another rank's chunk: drawn (the sampler stays in step) but not rolled out
             inputs, rollouts, parsed = roll_out_chunk(cfg, model, tokenizer, engine, tasks,
                                                       chunk_seed(cfg.seed, step, k))  # 1a
             t1 = time.perf_counter()
             timers["rollout"] += t1 - t0
-            rolled.append((tasks, inputs, rollouts, parsed))
+            rolled.append((k, tasks, inputs, rollouts, parsed))
             if cfg.grpo.overlap_judge:
                 pending.append(pool.submit(judge_chunk, tasks, parsed))
             else:
@@ -214,14 +270,15 @@ def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, n
     return stats
 
 
-def step_metrics(chunks: list[Chunk], loss_stats: list, grad_norm: float, lr: float, judge_delta: Any,
+def step_metrics(chunks: list[ChunkRecord], loss_stats: list, grad_norm: float, lr: float, judge_delta: Any,
                  timers: dict) -> dict[str, float]:
-    """Step 4: everything the step logs, by the names in `grpo_ao.metrics`."""
+    """Step 4: everything the step logs, by the names in `grpo_ao.metrics`, from every rank's chunk records,
+    loss stats and judge counters (`step_totals`)."""
     bds = [bd for c in chunks for bd in c.breakdowns]
-    lengths = torch.cat([c.rollouts.lengths for c in chunks]).float()
-    truncated = torch.cat([c.rollouts.truncated for c in chunks]).float()
+    lengths = torch.cat([c.lengths for c in chunks]).float()
+    truncated = torch.cat([c.truncated for c in chunks]).float()
     valid_adv = torch.cat([c.advantages[c.valid] for c in chunks])
-    g = chunks[0].rollouts.num_generations
+    g = chunks[0].num_generations
     groups = [[bd.total for bd in c.breakdowns[i:i + g] if bd.total is not None]
               for c in chunks for i in range(0, len(c.breakdowns), g)]
     zero_std = [len(set(grp)) <= 1 for grp in groups]
@@ -255,14 +312,31 @@ def step_metrics(chunks: list[Chunk], loss_stats: list, grad_norm: float, lr: fl
     return out
 
 
-def judge_outage(chunks: list[Chunk], outage: int, limit: int, step: int) -> int:
+def step_totals(chunks: list[Chunk], loss_stats: list, judge_delta: JudgeStats,
+                timers: dict) -> tuple[list[ChunkRecord], list, JudgeStats, dict]:
+    """Every rank's chunk records (in chunk order), loss stats and judge counters (summed), and the slowest
+    rank's timers: what one process running all the chunks would have, on every rank."""
+    records = all_chunk_records(chunks)
+    stats = [s for part in gather_objects(loss_stats) for s in part]
+    parts = gather_objects(timers)
+    return records, stats, summed_judge_stats(judge_delta), {key: max(t[key] for t in parts) for key in timers}
+
+
+def summed_judge_stats(stats: JudgeStats) -> JudgeStats:
+    """Every rank's judge counters, added up (each rank judges its own chunks)."""
+    parts = gather_objects(stats)
+    return JudgeStats(**{f.name: sum(getattr(p, f.name) for p in parts) for f in dataclasses.fields(JudgeStats)
+                         if f.name != "priced"}, priced=stats.priced)
+
+
+def judge_outage(chunks: list[ChunkRecord], outage: int, limit: int, step: int) -> int:
     """Be loud about judge failures: warn when over half the judge calls failed, stop after `limit`
     consecutive steps in which all of them failed (the oracle would learn nothing, silently)."""
     judged = [j for c in chunks for j in c.judged if not j.skipped]  # parse failures are not sent
     failed = [j for j in judged if not j.ok]
     if len(failed) > len(judged) / 2:
         errors = sorted({j.error or "?" for j in failed})
-        print(f"grpo-ao: warning: step {step}: the judge failed for {len(failed) / len(judged):.0%} of rollouts; "
+        print0(f"grpo-ao: warning: step {step}: the judge failed for {len(failed) / len(judged):.0%} of rollouts; "
               f"parsed ones are masked (not scored). Errors: {'; '.join(errors[:3])}")
     outage = outage + 1 if judged and len(failed) == len(judged) else 0
     if limit and outage >= limit:
@@ -272,16 +346,16 @@ def judge_outage(chunks: list[Chunk], outage: int, limit: int, step: int) -> int
     return outage
 
 
-def sample_rows(chunks: list[Chunk]) -> list[dict]:
+def sample_rows(chunks: list[ChunkRecord]) -> list[dict]:
     rows = []
     for c in chunks:
-        g = c.rollouts.num_generations
+        g = c.num_generations
         for b, task in enumerate(c.tasks):
             group = range(b * g, (b + 1) * g)
             rows.append({
                 "question": task.question, "reference": task.reference, "layer": c.layers[b],
                 "layer_percent": task.layer_percent, "k": task.num_positions, "context": task.context,
-                "completions": [{"text": c.rollouts.texts[i], "confidence": c.parsed[i].confidence,
+                "completions": [{"text": c.texts[i], "confidence": c.parsed[i].confidence,
                                  "judge": c.judged[i].informativeness, "reward": c.breakdowns[i].total,
                                  "advantage": round(float(c.advantages[i]), 4)} for i in group],
             })
@@ -290,6 +364,8 @@ def sample_rows(chunks: list[Chunk]) -> list[dict]:
 
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Train; return the run summary (also written to run_dir/summary.json)."""
+    require_divisible(cfg.grpo.grad_accum_steps, "grpo.grad_accum_steps",
+                      "each process rolls out grad_accum_steps / N chunks per step; use a multiple of N.")
     run_dir = start_run(cfg, "grpo")
     if not resume:
         archive_previous_run(run_dir)
@@ -316,8 +392,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
         sampler.load_state_dict(state["sampler"])
         start = int(state["step"])
-        print(f"Resuming from {ckpt} (step {start}).")
-    sinks = build_sinks(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project, cfg.name, to_dict(cfg))
+        print0(f"Resuming from {ckpt} (step {start}).")
+    sinks = run_sinks(cfg, run_dir)
     engine = start_engine(cfg, model, tokenizer, run_dir)
     bar = progress_bar(cfg.grpo.max_steps, "grpo", cfg.logging.progress, initial=start)
     outage = 0  # consecutive steps whose every judge call failed
@@ -333,14 +409,16 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             if cfg.grpo.beta > 0:
                 with reference_adapter(model):
                     chunk.ref_logprobs = fixed_logprobs(cfg, model, chunk)
-        # normalisers count the rollouts that enter the loss: judge-masked ones are excluded, not diluting
-        num_rollouts = max(1, sum(int(c.valid.sum()) for c in chunks))
-        num_tokens = int(sum(c.rollouts.completion_mask[c.valid].sum() for c in chunks))
+        # normalisers count the rollouts that enter the loss: judge-masked ones are excluded, not diluting;
+        # summed over ranks, so each rank's loss is its share of the one-process loss
+        num_rollouts = max(1, global_sum(sum(int(c.valid.sum()) for c in chunks)))
+        num_tokens = global_sum(int(sum(c.rollouts.completion_mask[c.valid].sum() for c in chunks)))
         loss_stats, grad_norm = [], 0.0
         with train_without_dropout(model):
             for _ in range(cfg.grpo.num_iterations):  # 3.
                 optimizer.zero_grad(set_to_none=True)
                 loss_stats = update(cfg, model, chunks, num_rollouts, num_tokens)
+                all_reduce_gradients(trainable_parameters(model))
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.grpo.max_grad_norm))
                 optimizer.step()
         lr = scheduler.get_last_lr()[0]
@@ -348,10 +426,12 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         engine.wake_up()
         engine.after_step(model, tokenizer)
         timers["update"] = time.perf_counter() - t0
-        metrics = step_metrics(chunks, loss_stats, grad_norm, lr, judge.stats.delta(judge_before), timers)  # 4.
+        records, loss_stats, judge_delta, timers = step_totals(chunks, loss_stats, judge.stats.delta(judge_before),
+                                                               timers)
+        metrics = step_metrics(records, loss_stats, grad_norm, lr, judge_delta, timers)  # 4.
         sinks.log(metrics, step)
         if cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
-            sinks.log_samples(sample_rows(chunks), step)
+            sinks.log_samples(sample_rows(records), step)
         if step % cfg.logging.checkpoint_every == 0 or step == cfg.grpo.max_steps:
             save_checkpoint(run_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
                             trainer_state={"step": step, "sampler": sampler.state_dict(),
@@ -359,15 +439,16 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                             keep_last=cfg.logging.keep_last)
         bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", parse=f"{metrics[M.FORMAT_PARSE_RATE]:.2f}")
         bar.update(1)
-        outage = judge_outage(chunks, outage, cfg.grpo.max_judge_outage_steps, step)
+        outage = judge_outage(records, outage, cfg.grpo.max_judge_outage_steps, step)
     bar.close()
     sinks.close()
     engine.close()
     final = latest_checkpoint(run_dir)
     adapter_dir = final / "adapter" if final else None
-    if cfg.logging.push_to_hub and adapter_dir:
+    if cfg.logging.push_to_hub and adapter_dir and place().is_main:
         push_to_hub(adapter_dir, cfg.logging.push_to_hub)
-    return write_summary(run_dir, cfg, adapter_dir, judge)
+    judge_total = summed_judge_stats(judge.stats)
+    return gather_objects(write_summary(run_dir, cfg, adapter_dir, judge_total) if place().is_main else None)[0]
 
 
 def start_engine(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Any) -> Any:
@@ -382,7 +463,7 @@ def start_engine(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Any) -> An
                         parity_inputs=parity_inputs)
 
 
-def write_summary(run_dir, cfg: RunConfig, adapter_dir, judge) -> dict[str, Any]:
+def write_summary(run_dir, cfg: RunConfig, adapter_dir, judge_stats: JudgeStats) -> dict[str, Any]:
     """run_dir/summary.json: reward over the first and last 20 % of steps, final adapter, judge totals."""
     from grpo_ao.metrics import read_metrics
 
@@ -396,7 +477,7 @@ def write_summary(run_dir, cfg: RunConfig, adapter_dir, judge) -> dict[str, Any]
         "parse_rate_first_20pct": window_mean(parse, 0.0, 0.2),
         "parse_rate_last_20pct": window_mean(parse, 0.8, 1.0),
         "adapter": str(adapter_dir) if adapter_dir else None,
-        "judge": judge.stats.as_metrics(),
+        "judge": judge_stats.as_metrics(),
         "run_dir": str(run_dir),
     }
     write_json(run_dir / "summary.json", summary)

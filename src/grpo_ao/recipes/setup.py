@@ -8,6 +8,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import yaml
 
 from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import DataConfig, Example, TaskSampler, load_examples
+from grpo_ao.distributed import all_reduce_gradients, barrier, global_sum, place
+from grpo_ao.metrics import MetricSink, NullSink, build_sinks
 from grpo_ao.models import attach_lora, load_model, resolve_device
 from grpo_ao.rollout import OracleSpec
 from grpo_ao.run_info import redact_secrets, write_run_info
@@ -29,13 +32,14 @@ def seed_everything(seed: int) -> None:
 
 
 def start_run(cfg: RunConfig, stage: str) -> Path:
-    """Make the run directory and save the resolved config (secrets redacted), git commit and seed."""
+    """Make the run directory and save the resolved config (secrets redacted), git commit and seed (rank 0)."""
     resolve_device(cfg.model.device)  # a missing GPU is a user error before anything is written
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = redact_secrets(to_dict(cfg))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    write_run_info(run_dir, {"stage": stage, **config}, cfg.seed)
+    if place().is_main:
+        config = redact_secrets(to_dict(cfg))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_run_info(run_dir, {"stage": stage, **config}, cfg.seed)
     return run_dir
 
 
@@ -44,7 +48,14 @@ RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "samples.jsonl", "summary.json", 
 
 def archive_previous_run(run_dir: Path) -> Path | None:
     """Move an earlier run's outputs into run_dir/replaced-<time>/ so a fresh run never mixes with it
-    (its metrics would interleave, its later checkpoints would look newer). Caches stay in place."""
+    (its metrics would interleave, its later checkpoints would look newer). Caches stay in place.
+    Every rank calls it: rank 0 moves, the others wait for it, so none sees a half-moved directory."""
+    target = _archive(run_dir) if place().is_main else None
+    barrier()
+    return target
+
+
+def _archive(run_dir: Path) -> Path | None:
     found = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     if not found:
         return None
@@ -72,8 +83,12 @@ def oracle_spec(cfg: RunConfig, data: DataConfig | None = None) -> OracleSpec:
 
 def load_oracle(cfg: RunConfig, adapter: str | None = None, trainable: bool = True,
                 gradient_checkpointing: bool = False) -> tuple[Any, Any]:
-    """The base model with a LoRA adapter: `adapter` if given, else `cfg.model.adapter`, else a fresh one."""
-    model, tokenizer = load_model(cfg.model)
+    """The base model with a LoRA adapter: `adapter` if given, else `cfg.model.adapter`, else a fresh one.
+    With several processes on GPUs, each rank loads onto its own GPU (cuda:local_rank)."""
+    model_cfg = cfg.model
+    if place().world_size > 1 and resolve_device(model_cfg.device).type == "cuda":
+        model_cfg = replace(model_cfg, device=f"cuda:{place().local_rank}")
+    model, tokenizer = load_model(model_cfg)
     model = attach_lora(model, cfg.lora, adapter or cfg.model.adapter, trainable=trainable)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -117,30 +132,53 @@ def optimizer_and_scheduler(model: Any, lr: float, weight_decay: float, warmup_s
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def teacher_forced_step(model: Any, batch: Any, spec: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+def teacher_forced_step(model: Any, batch: Any | None, spec: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
                         max_grad_norm: float) -> tuple[float, float, float]:
     """One SFT / AO-pretraining optimizer step: cross-entropy on `batch`'s completion tokens (injection on, the
     backward inside `injected_logprobs` so a checkpointed block is recomputed with its hook), clip, AdamW.
-    Returns (loss, grad_norm before clipping, lr used)."""
+
+    Data parallel: `batch` is this rank's share of the step's batch (None when it got no rows). Its loss is
+    divided by the GLOBAL target-token count and the gradients are summed over ranks before clipping, so
+
+        L = -sum_{ranks, rows, t} m * logprobs / sum_{ranks, rows, t} m
+
+    and the update equal the one-process step on the whole batch. Returns (L, grad norm before clipping, lr).
+    """
     from grpo_ao.loss import sft_loss
     from grpo_ao.rollout import injected_logprobs
 
     optimizer.zero_grad(set_to_none=True)
-    with injected_logprobs(model, batch, 1.0, spec=spec) as logprobs:
-        loss = sft_loss(logprobs, batch.completion_mask.to(logprobs.device))
-        loss.backward()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_grad_norm))
+    params = trainable_parameters(model)
+    local_tokens = int(batch.completion_mask.sum()) if batch is not None else 0
+    global_tokens = max(1, global_sum(local_tokens))
+    loss_value = 0.0
+    if batch is not None:
+        with injected_logprobs(model, batch, 1.0, spec=spec) as logprobs:
+            # sft_loss divides by the local count; rescaled to the global one (factor 1.0 with one process)
+            loss = sft_loss(logprobs, batch.completion_mask.to(logprobs.device)) * (local_tokens / global_tokens)
+            loss.backward()
+        loss_value = loss.item()
+    all_reduce_gradients(params)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
-    return loss.item(), grad_norm, lr
+    return global_sum(loss_value), grad_norm, lr
 
 
 def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
+    """A tqdm bar on rank 0; disabled on the other ranks, by `enabled=False` and by GRPO_AO_NO_PROGRESS."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled or bool(os.environ.get("GRPO_AO_NO_PROGRESS")),
-                dynamic_ncols=True)
+    disable = not enabled or not place().is_main or bool(os.environ.get("GRPO_AO_NO_PROGRESS"))
+    return tqdm(total=total, desc=desc, initial=initial, disable=disable, dynamic_ncols=True)
+
+
+def run_sinks(cfg: RunConfig, run_dir: Path) -> MetricSink:
+    """The metric sinks of `cfg.logging` on rank 0; a null sink on the other ranks (metrics are written once)."""
+    if not place().is_main:
+        return NullSink()
+    return build_sinks(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project, cfg.name, to_dict(cfg))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:

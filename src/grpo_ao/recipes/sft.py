@@ -10,6 +10,10 @@
   3. Teacher-forced cross-entropy on the assistant tokens only, with the system prompt in the layout
      GRPO uses and injection at the same layer, batched, for `sft.epochs` epochs; checkpoint per epoch.
   4. Parse rate on the held-out slice after training; summary.
+
+Data parallel (`accelerate launch`, see `grpo_ao.distributed`): rank 0 makes the targets (step 1) and
+the others read its cache; each step's batch of `sft.batch_size` rows is split across the ranks with
+the global token count as the loss normaliser; the held-out prompts are split and counted together.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import Task, load_examples, split_examples
+from grpo_ao.distributed import global_sum, main_first, place, print0, require_divisible, shard
 from grpo_ao.format import format_epistemic_status, parse_epistemic_status, render_oracle_prompt
 from grpo_ao.judge import Expansion, JudgeItem, build_expander, expand_terse_open_answers
-from grpo_ao.metrics import build_sinks
 from grpo_ao.recipes.setup import (
     archive_previous_run,
     judge_cache_path,
@@ -37,6 +41,7 @@ from grpo_ao.recipes.setup import (
     optimizer_and_scheduler,
     oracle_spec,
     progress_bar,
+    run_sinks,
     seed_everything,
     start_run,
     task_sampler,
@@ -78,7 +83,7 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
         rows = [json.loads(line) for line in targets_path.read_text().splitlines()]
         for i, row in enumerate(rows):
             row["vector"] = acts[f"v{i}"]
-        print(f"SFT: reusing {len(rows)} cached targets from {cache_dir}")
+        print0(f"SFT: reusing {len(rows)} cached targets from {cache_dir}")
         return rows
     expander = None
     if cfg.sft.expand_open_answers:  # before generation, so a missing API key fails fast
@@ -107,7 +112,7 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
         items = [JudgeItem(r["context"], r["question"], r["natural_answer"], r["reference"]) for r in rows]
         expansions = expand_terse_open_answers(expander, items, cfg.sft.expand_max_words)
         done, failed = sum(e.expanded for e in expansions), sum(e.error is not None for e in expansions)
-        print(f"SFT: expanded {done} of {done + failed} terse answers to open questions" + (
+        print0(f"SFT: expanded {done} of {done + failed} terse answers to open questions" + (
             f"; {failed} failed and keep the natural answer (delete {cache_dir} to retry)" if failed else ""))
     for row, status, expansion in zip(rows, statuses, expansions, strict=True):
         row.update(target=format_epistemic_status(status, expansion.text), expanded=expansion.expanded,
@@ -139,17 +144,20 @@ def teacher_forcing_batch(cfg: RunConfig, tokenizer: Any, rows: list[dict]) -> R
 
 
 def heldout_parse_rate(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task]) -> float:
-    """Share of greedy answers (with the system prompt) that parse as `[epistemic status: X] ...`."""
+    """Share of greedy answers (with the system prompt) that parse as `[epistemic status: X] ...`; each rank
+    answers its share of `tasks`, the counts are summed."""
     sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens + 12, greedy=True)
     ok = 0
-    for _, _, rollouts in answer_in_batches(model, tokenizer, tasks, sampling, cfg.eval.batch_size,
+    mine = shard(tasks, place().rank, place().world_size)
+    for _, _, rollouts in answer_in_batches(model, tokenizer, mine, sampling, cfg.eval.batch_size,
                                             spec=oracle_spec(cfg)):
         ok += sum(parse_epistemic_status(t).ok for t in rollouts.texts)
-    return ok / len(tasks)
+    return global_sum(ok) / len(tasks)
 
 
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Generate targets, train, and report the held-out parse rate before and after."""
+    require_divisible(cfg.sft.batch_size, "sft.batch_size", "use a multiple of the number of processes.")
     run_dir = start_run(cfg, "sft")
     if not resume:
         archive_previous_run(run_dir)
@@ -159,7 +167,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     train_ex, held_ex = split_examples(load_examples(cfg.data), cfg.sft.heldout_examples, cfg.seed)
     train_tasks = task_sampler(cfg.data, tokenizer, train_ex).next_batch(cfg.sft.num_examples)
     heldout = task_sampler(cfg.data, tokenizer, held_ex).next_batch(len(held_ex))
-    rows = make_targets(cfg, model, tokenizer, train_tasks, run_dir / "sft_cache" / cache_key(cfg))  # 1.
+    with main_first():  # rank 0 writes the cache, the others read it
+        rows = make_targets(cfg, model, tokenizer, train_tasks, run_dir / "sft_cache" / cache_key(cfg))  # 1.
     steps_per_epoch = -(-len(rows) // cfg.sft.batch_size)
     total = steps_per_epoch * cfg.sft.epochs
     optimizer, scheduler = optimizer_and_scheduler(model, cfg.sft.lr, 0.0, cfg.sft.warmup_steps, "cosine", total)
@@ -168,11 +177,11 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if ckpt is not None:
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
         epoch0, before = int(state["epoch"]), state.get("parse_rate_before")
-        print(f"Resuming SFT from {ckpt} (epoch {epoch0}).")
+        print0(f"Resuming SFT from {ckpt} (epoch {epoch0}).")
     if before is None:
         before = heldout_parse_rate(cfg, model, tokenizer, heldout)  # 2.
-    print(f"SFT: held-out parse rate before training: {before:.1%}")
-    sinks = build_sinks(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project, cfg.name, to_dict(cfg))
+    print0(f"SFT: held-out parse rate before training: {before:.1%}")
+    sinks = run_sinks(cfg, run_dir)
     bar = progress_bar(total, "sft", cfg.logging.progress, initial=epoch0 * steps_per_epoch)
     spec = oracle_spec(cfg)
     order_rng = random.Random(cfg.seed)
@@ -181,7 +190,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         model.train()
         for s in range(steps_per_epoch):
             idx = orders[epoch][s * cfg.sft.batch_size:(s + 1) * cfg.sft.batch_size]
-            batch = teacher_forcing_batch(cfg, tokenizer, [rows[i] for i in idx])
+            idx = shard(idx, place().rank, place().world_size)  # this rank's share of the step's batch
+            batch = teacher_forcing_batch(cfg, tokenizer, [rows[i] for i in idx]) if idx else None
             loss, grad_norm, lr = teacher_forced_step(model, batch, spec, optimizer, scheduler, cfg.sft.max_grad_norm)
             step = epoch * steps_per_epoch + s + 1
             sinks.log({M.SFT_LOSS: loss, M.OPTIM_GRAD_NORM: grad_norm, M.OPTIM_LR: lr}, step)
@@ -193,11 +203,12 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                         keep_last=cfg.logging.keep_last)
     bar.close()
     after = heldout_parse_rate(cfg, model, tokenizer, heldout)  # 4.
-    print(f"SFT: held-out parse rate {before:.1%} -> {after:.1%} ({len(heldout)} prompts)")
+    print0(f"SFT: held-out parse rate {before:.1%} -> {after:.1%} ({len(heldout)} prompts)")
     sinks.log({M.SFT_PARSE_RATE_BEFORE: before, M.SFT_PARSE_RATE_AFTER: after}, total)
     sinks.close()
     final = latest_checkpoint(run_dir)
     summary = {"parse_rate_before": before, "parse_rate_after": after, "heldout": len(heldout),
                "targets": len(rows), "adapter": str(final / "adapter") if final else None, "run_dir": str(run_dir)}
-    write_json(run_dir / "summary.json", summary)
+    if place().is_main:
+        write_json(run_dir / "summary.json", summary)
     return summary
