@@ -1,9 +1,14 @@
-"""`grpo-ao bench` on the tiny model: the report has its keys and sane numbers, and the batched and
-naive training passes it times compute the same logprobs and gradients (what makes the comparison fair).
+"""`grpo-ao bench` on the tiny model: the report has its keys and sane numbers, every variant runs the same
+workload (same tasks, same activations and prompts, every completion forced to T tokens), and the prototype's
+per-rollout update and our micro-batched one compute the same gradient (what makes the comparison fair).
 No speed-up is asserted: timings do not belong in unit tests."""
 
+import dataclasses
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -16,67 +21,86 @@ from grpo_ao.recipes.setup import (
     task_sampler,
     trainable_parameters,
 )
-from grpo_ao.rollout import SamplingConfig, build_oracle_inputs, generate_rollouts
+from grpo_ao.rollout import Rollouts, SamplingConfig, build_oracle_inputs, generate_rollouts
 
 SMALL = ["grpo.prompts_per_step=2", "sampling.num_generations=2", "sampling.max_new_tokens=6",
          "grpo.micro_batch_size=3", "logging.progress=false"]
 """N = 4 rollouts in micro-batches of 3 (one full, one partial)."""
 
 
-def test_bench_writes_report_with_positive_finite_timings(tmp_path):
+def test_bench_reports_every_variant_on_the_same_forced_length_workload(tmp_path):
     cfg = load_config("tiny", [f"logging.output_dir={tmp_path}", *SMALL])
-    result = bench.run(cfg, repeats=2)
-    written = json.loads((tmp_path / "bench.json").read_text())
-    assert written == json.loads(json.dumps(result))
-    assert {"config", "device", "B", "G", "N", "max_new_tokens", "micro_batch_size", "repeats", "memory_source",
-            "sampling", "logprobs", "logprobs_max_abs_diff"} <= set(result)
-    assert (result["B"], result["G"], result["N"], result["repeats"]) == (2, 2, 4, 2)
-    for stage in ("sampling", "logprobs"):
-        assert set(result[stage]) == {"batched", "naive", "speedup"}
-        assert math.isfinite(result[stage]["speedup"]) and result[stage]["speedup"] > 0
-        for variant in ("batched", "naive"):
-            v = result[stage][variant]
-            assert len(v["times_s"]) == 2
-            assert all(math.isfinite(t) and t > 0 for t in v["times_s"])
-            assert math.isfinite(v["median_s"]) and v["median_s"] > 0
-            assert 0 < v["tokens"] <= 4 * 6
-            assert math.isfinite(v["tokens_per_s"]) and v["tokens_per_s"] > 0
-            assert v["peak_memory_mb"] > 0
-    assert result["logprobs_max_abs_diff"] <= 1e-5
+    result = bench.run(cfg, repeats=2, engines=("hf",))
+    assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(result))
+    assert (result["B"], result["G"], result["N"], result["max_new_tokens"], result["repeats"]) == (2, 2, 4, 6, 2)
+    assert set(result["variants"]) == {"prototype", "hf"}
+    for v in result["variants"].values():
+        assert v["tokens"] == 4 * 6, "every completion is forced to max_new_tokens"
+        assert len(v["steps_s"]) == 2 and all(math.isfinite(t) and t > 0 for t in v["steps_s"])
+        for key in ("step_s", "rollout_s", "update_s", "rollout_tokens_per_s", "peak_memory_mb",
+                    "speedup_vs_prototype"):
+            assert math.isfinite(v[key]) and v[key] > 0, key
+        assert v["step_s"] >= v["rollout_s"]
+    assert result["variants"]["prototype"]["speedup_vs_prototype"] == 1.0
 
 
-def test_batched_and_naive_logprob_passes_agree(tmp_path):
+def test_bench_rejects_an_unknown_engine_as_a_user_error(tmp_path):
+    out = subprocess.run([str(Path(sys.executable).with_name("grpo-ao")), "bench", "--config", "tiny",
+                          "--engines", "hf,fast", f"--output-dir={tmp_path}"], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "--engines" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_prototype_extraction_and_prompts_equal_ours(tmp_path):
+    cfg = load_config("tiny", [f"logging.output_dir={tmp_path}", *SMALL])
+    model, tokenizer = load_oracle(cfg, trainable=False)
+    tasks = task_sampler(cfg.data, tokenizer).next_batch(3)
+    spec = oracle_spec(cfg)
+    ours = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
+    theirs = bench.prototype_inputs(model, tokenizer, tasks, spec=spec)
+    assert torch.equal(ours.prompt_ids, theirs.prompt_ids) and ours.positions == theirs.positions
+    assert ours.layers == theirs.layers
+    for a, b in zip(ours.vectors, theirs.vectors, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_prototype_rollouts_are_one_group_per_prompt_forced_to_length(tmp_path):
+    cfg = load_config("tiny", [f"logging.output_dir={tmp_path}", *SMALL])
+    model, tokenizer = load_oracle(cfg, trainable=False)
+    spec = oracle_spec(cfg)
+    inputs = build_oracle_inputs(model, tokenizer, task_sampler(cfg.data, tokenizer).next_batch(2), spec=spec)
+    groups = bench.prototype_rollouts(model, tokenizer, inputs, SamplingConfig(3, max_new_tokens=5, min_new_tokens=5),
+                                      spec=spec)
+    assert len(groups) == 2
+    for g in groups:
+        assert g.completion_ids.shape == (3, 5) and bool(g.prompt_mask.all()), "unpadded rows of one prompt"
+        assert int(g.lengths.sum()) == 3 * 5
+
+
+def _unpadded(group: Rollouts) -> Rollouts:
+    """The rows of one prompt without their (shared) left padding."""
+    pad = int((group.prompt_mask[0] == 0).sum())
+    return dataclasses.replace(group, prompt_ids=group.prompt_ids[:, pad:], prompt_mask=group.prompt_mask[:, pad:],
+                               positions=[[p - pad for p in pos] for pos in group.positions])
+
+
+def test_prototype_update_and_micro_batched_update_give_the_same_gradient(tmp_path):
     cfg = load_config("tiny", [f"logging.output_dir={tmp_path}", *SMALL])
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg)
-    tasks = task_sampler(cfg.data, tokenizer).next_batch(cfg.grpo.prompts_per_step)
     spec = oracle_spec(cfg)
-    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
+    inputs = build_oracle_inputs(model, tokenizer, task_sampler(cfg.data, tokenizer).next_batch(2), spec=spec)
     rollouts = generate_rollouts(model, tokenizer, inputs, SamplingConfig(2, max_new_tokens=6), spec=spec)
     assert (inputs.prompt_mask == 0).any(), "the prompts should differ in length so padding is exercised"
-    model.train()
     params = trainable_parameters(model)
+    frozen = torch.optim.SGD(params, lr=0.0)  # the step must not move the weights between the two passes
 
-    batched = bench.batched_logprobs(model, rollouts, micro_batch_size=3, temperature=1.0, spec=spec)  # [N, T]
-    batched_grads = [p.grad.clone() for p in params]
-    model.zero_grad(set_to_none=True)
-    naive = bench.naive_logprobs(model, rollouts, temperature=1.0, spec=spec)  # [N, T]
-    naive_grads = [p.grad.clone() for p in params]
-
-    mask = rollouts.completion_mask.bool()
-    assert batched.shape == naive.shape == mask.shape
-    torch.testing.assert_close(batched[mask], naive[mask], atol=1e-5, rtol=0)
-    assert any(g.abs().sum() > 0 for g in batched_grads), "the surrogate loss produced no gradient"
-    for b, n in zip(batched_grads, naive_grads, strict=True):
-        torch.testing.assert_close(b, n, atol=1e-5, rtol=1e-4)
-
-
-def test_naive_sampling_makes_one_row_per_prompt_and_generation(tmp_path):
-    cfg = load_config("tiny", [f"logging.output_dir={tmp_path}", *SMALL])
-    model, tokenizer = load_oracle(cfg, trainable=False)
-    tasks = task_sampler(cfg.data, tokenizer).next_batch(2)
-    spec = oracle_spec(cfg)
-    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
-    rows = bench.naive_rollouts(model, tokenizer, inputs, SamplingConfig(3, max_new_tokens=4), spec=spec)
-    assert len(rows) == 2 * 3
-    assert all(r.prompt_ids.shape[0] == 1 and bool(r.prompt_mask.all()) for r in rows), "naive rows are unpadded"
+    bench.micro_batched_update(model, rollouts, frozen, 3, spec=spec, temperature=1.0)
+    ours = [p.grad.clone() for p in params]
+    # the prototype's groups: each prompt's rows unpadded (as it prompted them), same completions
+    groups = [_unpadded(rollouts.select(range(b * 2, b * 2 + 2))) for b in range(2)]
+    bench.prototype_update(model, groups, frozen, spec=spec, temperature=1.0)
+    theirs = [p.grad.clone() for p in params]
+    assert any(g.abs().sum() > 0 for g in ours), "the surrogate loss produced no gradient"
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -1,13 +1,15 @@
 """Rollouts on the tiny model: sampled ids kept, truncation without end-of-turn, eval mode while
-sampling, and training-forward logprobs that match what the sampler used."""
+sampling, training-forward logprobs that match what the sampler used, and the prefill-once path
+(B prompts prefilled with the injection, KV cache repeated G times) equal to the one-call path."""
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 import torch
 
 from grpo_ao.format import ORACLE_SYSTEM_PROMPT
-from grpo_ao.models import LoraSettings, attach_lora
+from grpo_ao.models import LoraSettings, attach_lora, build_tiny_model_and_tokenizer, decoder_layers
 from grpo_ao.rollout import (
     OracleSpec,
     Rollouts,
@@ -135,3 +137,136 @@ def test_spec_is_keyword_only_and_its_layer_and_coef_steer_the_logprobs(tiny):
     assert not torch.allclose(steered, plain, atol=1e-3), "c = 1 must change the logprobs"
     other_layer = completion_logprobs(model, ro, 1.0, spec=replace(SPEC, injection_layer=3))
     assert not torch.allclose(other_layer, steered, atol=1e-3), "the injection layer must matter"
+
+
+def _one_call_rollouts(model: Any, tok: Any, inputs: Any, sampling: SamplingConfig, spec: OracleSpec
+                       ) -> tuple[Rollouts, torch.Tensor]:
+    """The reference: the pre-prefill-once `generate_rollouts`, all B·G rows in one generate() with the hook
+    installed (it steers the prefill only), plus log softmax(logits / T) of the sampled ids from generate's
+    own logits.  -> (Rollouts, logprobs [N, T'])"""
+    g = sampling.num_generations
+    ids = inputs.prompt_ids.repeat_interleave(g, dim=0)  # [N, P]
+    mask = inputs.prompt_mask.repeat_interleave(g, dim=0)  # [N, P]
+    positions = [p for p in inputs.positions for _ in range(g)]
+    vectors = [v for v in inputs.vectors for _ in range(g)]
+    eos_ids = end_of_turn_ids(model, tok)
+    kwargs = {"do_sample": False} if sampling.greedy else {
+        "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
+    with torch.no_grad(), inject(model, vectors, positions, spec.injection_layer, spec.coef):
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
+                             eos_token_id=eos_ids, pad_token_id=tok.pad_token_id, output_logits=True,
+                             return_dict_in_generate=True, **kwargs)
+    sampled = out.sequences[:, ids.shape[1]:]  # [N, T']
+    temperature = 1.0 if sampling.greedy else sampling.temperature
+    logprobs = torch.stack([torch.log_softmax(x.float() / temperature, -1) for x in out.logits], 1)  # [N, T', V]
+    logprobs = logprobs.gather(-1, sampled[..., None])[..., 0]  # [N, T']
+    completion_ids = torch.nn.functional.pad(sampled, (0, sampling.max_new_tokens - sampled.shape[1]),
+                                             value=tok.pad_token_id)  # [N, T]
+    cmask, truncated = completion_mask_for(completion_ids, eos_ids)
+    completion_ids = completion_ids.masked_fill(cmask == 0, tok.pad_token_id)
+    texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
+    return Rollouts(ids, mask, positions, vectors, completion_ids, cmask, truncated, texts, g), logprobs
+
+
+MIXED = [*TASKS, T("Cats.", "Why?", 75, 1)]
+"""Three prompts of different lengths (left padding) and K = 2, 4, 1."""
+
+
+@pytest.fixture(scope="module")
+def varied():
+    """The seed-1 tiny model: its greedy answers change token within rows and differ between rows (seed 0
+    repeats one token), and token 420 made an end-of-turn so rows finish at different steps."""
+    model, tok = build_tiny_model_and_tokenizer(seed=1)
+    model.generation_config.eos_token_id = [*model.generation_config.eos_token_id, 420]
+    return model, tok
+
+
+@pytest.mark.parametrize("g", [1, 2])
+def test_prefill_once_greedy_equals_the_one_call_path(varied, g):
+    model, tok = varied
+    inputs = build_oracle_inputs(model, tok, MIXED, spec=SPEC)
+    assert inputs.prompt_mask.sum(1).unique().numel() == 3, "prompts of different lengths: left padding"
+    sampling = SamplingConfig(num_generations=g, max_new_tokens=12, greedy=True)
+    ref, ref_lp = _one_call_rollouts(model, tok, inputs, sampling, SPEC)
+    ro = generate_rollouts(model, tok, inputs, sampling, spec=SPEC)
+    assert torch.equal(ro.completion_ids, ref.completion_ids)
+    assert torch.equal(ro.completion_mask, ref.completion_mask) and torch.equal(ro.truncated, ref.truncated)
+    assert ro.texts == ref.texts and torch.equal(ro.prompt_ids, ref.prompt_ids)
+    assert ro.positions == ref.positions and all(torch.equal(a, b) for a, b in zip(ro.vectors, ref.vectors))
+    lengths = ro.lengths.tolist()
+    assert len(set(lengths)) >= 2 and max(lengths) < 12 and ro.completion_ids[:, 0].unique().numel() >= 2, \
+        f"the case must mix lengths, finish before max_new_tokens and differ between rows: {ro.completion_ids}"
+    on = ro.completion_mask.bool()
+    width = ref_lp.shape[1]  # generate() stopped when every row had finished
+    torch.testing.assert_close(ro.sampling_logprobs[:, :width][on[:, :width]], ref_lp[on[:, :width]],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(completion_logprobs(model, ro, 1.0, spec=SPEC)[on],
+                               completion_logprobs(model, ref, 1.0, spec=SPEC)[on], atol=1e-5, rtol=1e-5)
+    unsteered = generate_rollouts(model, tok, inputs, sampling, spec=replace(SPEC, coef=0.0))
+    assert not torch.allclose(unsteered.sampling_logprobs, ro.sampling_logprobs, atol=1e-3), \
+        "the injection must reach the cached prefill"
+
+
+@pytest.mark.parametrize("g", [1, 4])
+def test_prompts_are_prefilled_once_and_decoded_without_the_hook(varied, g):
+    model, tok = varied
+    inputs = build_oracle_inputs(model, tok, MIXED, spec=SPEC)
+    shapes = []  # (batch, length) of every forward through the injection block
+    block = decoder_layers(model)[SPEC.injection_layer]
+    handle = block.register_forward_hook(lambda m, a, o: shapes.append(tuple(a[0].shape[:2])))
+    try:
+        generate_rollouts(model, tok, inputs, SamplingConfig(num_generations=g, max_new_tokens=3), spec=SPEC)
+    finally:
+        handle.remove()
+    p = inputs.prompt_ids.shape[1]
+    if g == 1:  # generate's own prefill under the hook, then two decode steps
+        assert shapes == [(3, p), (3, 1), (3, 1)]
+    else:  # one B-row prefill of P-1 tokens, then the last prompt token and two decode steps in B·G rows
+        assert shapes == [(3, p - 1), (12, 1), (12, 1), (12, 1)]
+    assert not block._forward_hooks and not model._forward_hooks, "no hook left behind"
+
+
+def test_a_placeholder_on_the_last_prompt_token_is_refused(tiny):
+    model, tok = tiny
+    inputs = build_oracle_inputs(model, tok, TASKS, spec=SPEC)
+    last = inputs.prompt_ids.shape[1] - 1
+    bad = replace(inputs, positions=[inputs.positions[0], [*inputs.positions[1][:-1], last]])
+    with pytest.raises(AssertionError, match="last prompt token"):
+        generate_rollouts(model, tok, bad, SamplingConfig(num_generations=2, max_new_tokens=2), spec=SPEC)
+
+
+def test_sampling_logprobs_are_the_loss_logprobs_before_top_k_and_top_p(varied):
+    model, tok = varied
+    inputs = build_oracle_inputs(model, tok, MIXED, spec=SPEC)
+    sampling = SamplingConfig(num_generations=4, max_new_tokens=8, temperature=1.7, top_k=5, top_p=0.9)
+    torch.manual_seed(0)
+    ro = generate_rollouts(model, tok, inputs, sampling, spec=SPEC)
+    on = ro.completion_mask.bool()
+    assert on.sum() >= 24
+    # the unfiltered distribution at T = 1.7, what the loss's old/training logprobs compute
+    torch.testing.assert_close(ro.sampling_logprobs[on], completion_logprobs(model, ro, 1.7, spec=SPEC)[on],
+                               atol=1e-4, rtol=1e-4)
+    assert (ro.sampling_logprobs[~on] == 0).all() and (ro.sampling_logprobs[on] < 0).all()
+    assert not torch.allclose(ro.sampling_logprobs[on], completion_logprobs(model, ro, 1.0, spec=SPEC)[on],
+                              atol=1e-3), "temperature must matter"
+
+
+def test_sampled_groups_are_valid_and_top_k_1_sampling_is_greedy(varied):
+    model, tok = varied
+    inputs = build_oracle_inputs(model, tok, MIXED, spec=SPEC)
+    torch.manual_seed(1)
+    ro = generate_rollouts(model, tok, inputs, SamplingConfig(num_generations=4, max_new_tokens=6, temperature=2.0),
+                           spec=SPEC)
+    eos = end_of_turn_ids(model, tok)
+    for row in range(12):
+        n = int(ro.lengths[row])
+        assert (ro.completion_ids[row, n:] == tok.pad_token_id).all()
+        assert (ro.completion_ids[row, n - 1].item() in eos) != bool(ro.truncated[row])
+    groups = ro.completion_ids.view(3, 4, 6)
+    assert all(len({tuple(r) for r in grp.tolist()}) > 1 for grp in groups), "G samples of a prompt must differ"
+    # top-k 1: each row's cached prompt must be its own, so sampling equals greedy row for row
+    top1 = generate_rollouts(model, tok, inputs, SamplingConfig(num_generations=4, max_new_tokens=6, top_k=1),
+                             spec=SPEC)
+    greedy = generate_rollouts(model, tok, inputs, SamplingConfig(num_generations=1, max_new_tokens=6, greedy=True),
+                               spec=SPEC)
+    assert torch.equal(top1.completion_ids, greedy.completion_ids.repeat_interleave(4, dim=0))

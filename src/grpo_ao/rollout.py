@@ -3,8 +3,10 @@
 Steps for a batch of B tasks (see `generate_rollouts`):
   1. extract subject activations once per task (adapter off, eval, no grad);
   2. render each oracle prompt once and locate its placeholders by token id;
-  3. sample G completions per prompt with the injection hook on block `spec.injection_layer`
-     (adapter on, eval mode: no LoRA dropout while sampling; the hook acts on the prefill only);
+  3. sample G completions per prompt (adapter on, eval mode: no LoRA dropout while sampling): each
+     distinct prompt is prefilled once with the injection hook on block `spec.injection_layer`, its KV
+     cache repeated G times, and generate() decodes from it with no hook (the injection acts on the
+     prefill only); the sampler's log-probabilities of the sampled ids come back with them;
   4. keep the sampled ids and a completion mask. A completion cut at max_new_tokens is marked
      truncated and gets no end-of-turn token. Decode the text for parsing and the judge.
 
@@ -22,6 +24,7 @@ nothing can shadow the config's values.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,6 +51,8 @@ class SamplingConfig:
     """Top-k sampling; 0 turns it off."""
     max_new_tokens: int = 64
     """Completion length cap; also the constant in the Dr. GRPO normaliser."""
+    min_new_tokens: int = 0
+    """End-of-turn suppressed before this many new tokens (forced-length benchmarks: `grpo-ao bench`); 0 = off."""
     greedy: bool = False
     """Greedy decoding instead of sampling (eval, SFT targets); temperature, top_p and top_k are then unused."""
 
@@ -56,6 +61,8 @@ class SamplingConfig:
         require(self.temperature > 0, f"sampling.temperature={self.temperature} must be > 0 (use a small value, not 0).")
         require(0 < self.top_p <= 1, f"sampling.top_p={self.top_p} must be in (0, 1].")
         require(self.max_new_tokens >= 1, f"sampling.max_new_tokens={self.max_new_tokens} must be >= 1.")
+        require(0 <= self.min_new_tokens <= self.max_new_tokens,
+                f"sampling.min_new_tokens={self.min_new_tokens} must be in [0, max_new_tokens={self.max_new_tokens}].")
 
 
 ENGINES = ("hf", "vllm")
@@ -225,39 +232,113 @@ def completion_mask_for(completion_ids: torch.Tensor, eos_ids: Sequence[int]) ->
     return mask, truncated
 
 
+def _cache_kwarg(model: Any) -> str:
+    """The KV cache's argument and output name: `cache` on newer transformers, `past_key_values` on the floor."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _prefill_cache(model: Any, inputs: OracleInputs, g: int, *, spec: OracleSpec) -> Any:
+    """Step 3a: the KV cache of prompt_ids[:, :-1] for the B distinct prompts, injected, repeated G times.
+
+    The placeholders never sit on the last prompt token, so generate() runs that token and every decode
+    step without a hook, as the hook itself does on the one-call path (`Injection.apply` skips a forward
+    that does not reach its positions). -> cache of B·G rows, P-1 positions
+    """
+    p = inputs.prompt_ids.shape[1]
+    assert max(max(pos) for pos in inputs.positions) < p - 1, "a placeholder is the last prompt token"
+    device = next(model.parameters()).device
+    ids = inputs.prompt_ids[:, :-1].to(device)  # [B, P-1]
+    mask = inputs.prompt_mask[:, :-1].to(device)  # [B, P-1]
+    # the position ids generate() derives from a left-padded mask
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # [B, P-1]
+    with inject(model, inputs.vectors, inputs.positions, spec.injection_layer, spec.coef):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, _cache_kwarg(model))
+    cache.batch_repeat_interleave(g)  # in place: row b → rows b·G .. b·G+G-1, as repeat_interleave on the prompts
+    return cache
+
+
+class _SampledLogprobs:
+    """Forward hook on the causal LM during generate(): log softmax(logits / T) of each sampled token.
+
+    Step t's distribution waits until step t+1's forward, whose input id is the token sampled from it; only
+    one step's [N, V] is held (generate's `output_logits` would hold all T of them).
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.pending: torch.Tensor | None = None  # [N, V] the last step's log-probabilities
+        self.steps: list[torch.Tensor] = []  # T' - 1 tensors [N]
+
+    def hook(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        if self.pending is not None:
+            self.steps.append(self.pending.gather(-1, kwargs["input_ids"][:, -1:])[:, 0])  # [N]
+        # float32 as generate() samples from: the same quantity `completion_logprobs` computes
+        self.pending = torch.log_softmax(output.logits[:, -1].float() / self.temperature, dim=-1)  # [N, V]
+
+    def logprobs(self, completion_ids: torch.Tensor) -> torch.Tensor:
+        """completion_ids [N, T'] as generate() returned them -> [N, T'] log-probabilities."""
+        assert self.pending is not None and len(self.steps) == completion_ids.shape[1] - 1, "one forward per token"
+        last = self.pending.gather(-1, completion_ids[:, -1:].to(self.pending.device))[:, 0]  # [N]
+        return torch.stack([*self.steps, last], dim=1)  # [N, T']
+
+
 def generate_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: SamplingConfig, *,
                       spec: OracleSpec) -> Rollouts:
     """Steps 3–4: G completions per prompt, sampled with injection (`spec.injection_layer`, `spec.coef`)
-    in eval mode."""
+    in eval mode, and the sampler's log-probabilities of the sampled ids.
+
+      3a. prefill the B distinct prompts once with the injection hook, all but their last token;
+          repeat the KV cache G times (B rows of prefill, not B·G). G = 1 skips 3a: generate() runs its
+          own prefill under the hook, one forward fewer, the same steering;
+      3b. generate() from that cache with no hook installed: the last prompt token, then T decode steps;
+          a forward hook keeps log softmax(logits / T) of each sampled token (T = 1 when greedy);
+      4.  fix the completion width to max_new_tokens, mask after the first end-of-turn, decode the text.
+    """
     g = sampling.num_generations
     device = next(model.parameters()).device
     prompt_ids = inputs.prompt_ids.repeat_interleave(g, dim=0)  # [N, P]
     prompt_mask = inputs.prompt_mask.repeat_interleave(g, dim=0)  # [N, P]
-    positions = [p for p in inputs.positions for _ in range(g)]
-    vectors = [v for v in inputs.vectors for _ in range(g)]
     eos_ids = end_of_turn_ids(model, tokenizer)
     kwargs: dict[str, Any] = {"do_sample": False} if sampling.greedy else {
         "do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
     }
+    recorder = _SampledLogprobs(1.0 if sampling.greedy else sampling.temperature)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     was_training = model.training
     model.eval()  # no LoRA dropout while sampling
     try:
-        with torch.no_grad(), inject(model, vectors, positions, spec.injection_layer, spec.coef):
-            out = model.generate(
-                input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
-                max_new_tokens=sampling.max_new_tokens, eos_token_id=eos_ids,
-                pad_token_id=tokenizer.pad_token_id, **kwargs,
-            )
+        with torch.no_grad():
+            if g == 1:  # nothing to share: one call, the hook steering generate's own prefill (a split is ~4 % slower)
+                steer, cache = inject(model, inputs.vectors, inputs.positions, spec.injection_layer, spec.coef), {}
+            else:  # 3a.
+                steer, cache = contextlib.nullcontext(), {_cache_kwarg(model): _prefill_cache(model, inputs, g, spec=spec)}
+            handle = base.register_forward_hook(recorder.hook, with_kwargs=True)
+            try:  # 3b.
+                with steer:
+                    out = model.generate(
+                        input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
+                        max_new_tokens=sampling.max_new_tokens, min_new_tokens=sampling.min_new_tokens,
+                        eos_token_id=eos_ids,
+                        pad_token_id=tokenizer.pad_token_id, **cache, **kwargs,
+                    )
+            finally:
+                handle.remove()
     finally:
         model.train(was_training)
-    completion_ids = out[:, prompt_ids.shape[1]:].cpu()  # [N, T']
+    completion_ids = out[:, prompt_ids.shape[1]:].cpu()  # [N, T'] 4.
+    logprobs = recorder.logprobs(completion_ids).cpu()  # [N, T']
     pad = sampling.max_new_tokens - completion_ids.shape[1]
     if pad:  # generate stops early when every row finished; keep T fixed
         completion_ids = torch.nn.functional.pad(completion_ids, (0, pad), value=tokenizer.pad_token_id)
+        logprobs = torch.nn.functional.pad(logprobs, (0, pad))
     completion_mask, truncated = completion_mask_for(completion_ids, eos_ids)
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return Rollouts(prompt_ids, prompt_mask, positions, vectors, completion_ids, completion_mask, truncated, texts, g)
+    return Rollouts(prompt_ids, prompt_mask, [p for p in inputs.positions for _ in range(g)],
+                    [v for v in inputs.vectors for _ in range(g)], completion_ids, completion_mask, truncated, texts, g,
+                    sampling_logprobs=logprobs.masked_fill(completion_mask == 0, 0.0))
 
 
 def answer_in_batches(model: Any, tokenizer: Any, tasks: Sequence[Any], sampling: SamplingConfig, batch_size: int,

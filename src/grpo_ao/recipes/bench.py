@@ -1,17 +1,21 @@
-"""Speed and memory of one GRPO batch against the naive loop: `grpo-ao bench --config CONFIG [--repeats N]`.
+"""Whole GRPO steps on a matched workload: `grpo-ao bench --config CONFIG [--engines hf,vllm] [--repeats N]`.
 
-What is compared, on cfg's model for one batch of B = grpo.prompts_per_step tasks × G = sampling.num_generations:
-  1. sampling: `generate_rollouts` (all N = B·G rows in one generate call) against the naive loop, one
-     generate call per prompt and generation at batch size 1 (prompt unpadded, same injection);
-  2. the training logprob pass + backward on the same rollouts: `injected_logprobs` over micro-batches
-     of grpo.micro_batch_size against one forward + backward per rollout (unpadded), the prototype's way.
-     Both backpropagate the same surrogate, −Σ masked logprobs ÷ (N·T), so the gradients agree too;
-  3. medians over `repeats` timed runs after one warm-up, tokens/s, speed-ups and peak memory.
-     Peak memory is torch.cuda.max_memory_allocated per variant on CUDA; on CPU it is the process's
-     peak RSS (resource.getrusage), which only grows, so it does not separate the variants.
+Workload (the same for every variant): B = grpo.prompts_per_step tasks × G = sampling.num_generations
+completions, every completion forced to T = sampling.max_new_tokens tokens (end-of-turn suppressed until then),
+the config's prompt layout and injection, one optimizer step on the surrogate −Σ masked logprobs ÷ (N·T).
+No judge: it is the same network wait in every variant (and hidden behind rollouts in ours).
 
-Not measured: the judge, the reward and the optimizer step (identical in both variants).
-Writes run_dir/bench.json and prints a table.
+Variants:
+  prototype: the earlier prototype's step: 1. per task a full subject forward with output_hidden_states;
+     2. per prompt one generate call for its G rows with the injection hook installed on every decode step;
+     3. per rollout one training forward + backward and one reference forward (adapter off), then AdamW.
+  hf / vllm: `grpo-ao grpo`'s step with rollout.engine=hf or vllm: 1. extraction batched over the tasks, stopping
+     at the deepest block needed; 2. the engine's rollouts (HF: each distinct prompt prefilled once with the
+     injection, its G rows decoded from the shared KV cache without a hook; vLLM: per-request injection);
+     3. micro-batched training forwards + backward (`injected_logprobs`), AdamW, and the engine's weight sync.
+For each: median s/step over `repeats` timed steps after a warm-up step, rollout (1+2) s and tok/s, update (3) s,
+peak memory (torch.cuda.max_memory_allocated per variant on CUDA; on CPU the process's peak RSS, which only grows
+and so does not separate the variants), and the prototype's s/step ÷ the variant's. Writes run_dir/bench.json.
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ from typing import Any
 import torch
 
 from grpo_ao.config import RunConfig
+from grpo_ao.engine import build_engine
 from grpo_ao.errors import GrpoAoError
+from grpo_ao.format import left_pad, render_oracle_prompt
+from grpo_ao.models import num_layers
 from grpo_ao.recipes.setup import (
     load_oracle,
+    optimizer_and_scheduler,
     oracle_spec,
     seed_everything,
     start_run,
@@ -42,62 +50,84 @@ from grpo_ao.rollout import (
     Rollouts,
     SamplingConfig,
     build_oracle_inputs,
-    generate_rollouts,
+    completion_mask_for,
+    end_of_turn_ids,
     injected_logprobs,
 )
+from grpo_ao.steering import inject, layer_for_percent, render_context, subject_mode
+
+VARIANTS = ("prototype", "hf", "vllm")
 
 
-def _unpadded_inputs(inputs: OracleInputs, b: int) -> OracleInputs:
-    """Prompt b alone, its left padding removed (placeholder positions shifted to match)."""
-    pad = int((inputs.prompt_mask[b] == 0).sum())
-    return OracleInputs(inputs.prompt_ids[b:b + 1, pad:], inputs.prompt_mask[b:b + 1, pad:],
-                        [[p - pad for p in inputs.positions[b]]], [inputs.vectors[b]], [inputs.layers[b]])
+def prototype_inputs(model: Any, tokenizer: Any, tasks: list, *, spec: OracleSpec) -> OracleInputs:
+    """1 (prototype): one full forward per task with every hidden state returned, then the prompts."""
+    device = next(model.parameters()).device
+    layers = [layer_for_percent(num_layers(model), t.layer_percent) for t in tasks]
+    vectors = []
+    for task, layer in zip(tasks, layers, strict=True):
+        enc = tokenizer(render_context(tokenizer, task.context, spec.context_format), return_tensors="pt",
+                        add_special_tokens=False).to(device)
+        with torch.no_grad(), subject_mode(model):
+            hidden = model(**enc, output_hidden_states=True).hidden_states  # L+1 × [1, S, H]
+        vectors.append(hidden[layer + 1][0, -task.num_positions:].detach().clone())  # [K, H]
+    prompts = [render_oracle_prompt(tokenizer, t.question, layer, t.num_positions, spec.system_prompt, mode=spec.mode)
+               for t, layer in zip(tasks, layers, strict=True)]
+    return OracleInputs(*left_pad(prompts, tokenizer.pad_token_id), vectors, layers)
 
 
-def _unpadded_rollout(rollouts: Rollouts, i: int) -> Rollouts:
-    """Rollout i alone: prompt without left padding, completion cut to its own length."""
-    one = rollouts.select([i])
-    pad = int((one.prompt_mask[0] == 0).sum())
-    length = int(one.completion_mask[0].sum())
-    return Rollouts(one.prompt_ids[:, pad:], one.prompt_mask[:, pad:], [[p - pad for p in one.positions[0]]],
-                    one.vectors, one.completion_ids[:, :length], one.completion_mask[:, :length],
-                    one.truncated, one.texts, one.num_generations)
+def prototype_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: SamplingConfig, *,
+                       spec: OracleSpec) -> list[Rollouts]:
+    """2 (prototype): per prompt, one generate call of its G rows, the hook installed for every decode step."""
+    device = next(model.parameters()).device
+    g, eos_ids, out = sampling.num_generations, end_of_turn_ids(model, tokenizer), []
+    model.eval()
+    for b in range(len(inputs.vectors)):
+        pad = int((inputs.prompt_mask[b] == 0).sum())
+        ids = inputs.prompt_ids[b:b + 1, pad:].repeat(g, 1)  # [G, P_b]
+        positions, vectors = [[p - pad for p in inputs.positions[b]]] * g, [inputs.vectors[b]] * g
+        with torch.no_grad(), inject(model, vectors, positions, spec.injection_layer, spec.coef):
+            gen = model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                                 do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens,
+                                 min_new_tokens=sampling.min_new_tokens, eos_token_id=eos_ids,
+                                 pad_token_id=tokenizer.pad_token_id)
+        completion = gen[:, ids.shape[1]:].cpu()  # [G, T]
+        mask, truncated = completion_mask_for(completion, eos_ids)
+        out.append(Rollouts(ids, torch.ones_like(ids), positions, vectors, completion, mask, truncated,
+                            [""] * g, g))
+    return out
 
 
-def naive_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: SamplingConfig, *,
-                   spec: OracleSpec) -> list[Rollouts]:
-    """The naive loop: B·G generate calls of batch size 1, each with the same injection."""
-    one = replace(sampling, num_generations=1)
-    return [generate_rollouts(model, tokenizer, _unpadded_inputs(inputs, b), one, spec=spec)
-            for b in range(len(inputs.positions)) for _ in range(sampling.num_generations)]
+def prototype_update(model: Any, groups: list[Rollouts], optimizer: Any, *, spec: OracleSpec,
+                     temperature: float) -> None:
+    """3 (prototype): one training forward + backward and one reference forward (adapter off) per rollout."""
+    n = sum(r.completion_ids.shape[0] for r in groups)
+    t = groups[0].completion_ids.shape[1]
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    for group in groups:
+        for i in range(group.completion_ids.shape[0]):
+            one = group.select([i])
+            with torch.no_grad(), model.disable_adapter(), injected_logprobs(model, one, temperature, spec=spec):
+                pass  # the reference forward
+            with injected_logprobs(model, one, temperature, spec=spec) as logprobs:  # [1, T]
+                (-(logprobs * one.completion_mask.to(logprobs.device)).sum() / (n * t)).backward()
+    optimizer.step()
+    model.eval()
 
 
-def batched_logprobs(model: Any, rollouts: Rollouts, micro_batch_size: int, temperature: float, *,
-                     spec: OracleSpec) -> torch.Tensor:
-    """Micro-batched training forward + backward of −Σ masked logprobs ÷ (N·T). Returns logprobs [N, T]."""
+def micro_batched_update(model: Any, rollouts: Rollouts, optimizer: Any, micro_batch_size: int, *,
+                         spec: OracleSpec, temperature: float) -> None:
+    """3 (ours): micro-batched training forwards, the backward inside each (as `grpo.update`), AdamW."""
     n, t = rollouts.completion_ids.shape
-    out = []
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
     for start in range(0, n, micro_batch_size):
         mb = rollouts.select(range(start, min(start + micro_batch_size, n)))
         with injected_logprobs(model, mb, temperature, spec=spec) as logprobs:  # [n_mb, T]
-            mask = mb.completion_mask.to(logprobs.device)  # [n_mb, T]
-            loss = -(logprobs * mask).sum() / (n * t)  # constant normaliser: the same loss however it is split
-            loss.backward()  # inside: a checkpointed block is recomputed with its injection hook
-        out.append(logprobs.detach().cpu())
-    return torch.cat(out)  # [N, T]
-
-
-def naive_logprobs(model: Any, rollouts: Rollouts, temperature: float, *, spec: OracleSpec) -> torch.Tensor:
-    """One unpadded forward + backward per rollout, same loss. Returns logprobs [N, T], 0 past each length."""
-    n, t = rollouts.completion_ids.shape
-    out = torch.zeros(n, t)  # [N, T]
-    for i in range(n):
-        one = _unpadded_rollout(rollouts, i)
-        with injected_logprobs(model, one, temperature, spec=spec) as logprobs:  # [1, T_i]
-            loss = -logprobs.sum() / (n * t)  # every kept token is in the mask
-            loss.backward()
-        out[i, :logprobs.shape[1]] = logprobs.detach().cpu()[0]
-    return out
+            (-(logprobs * mb.completion_mask.to(logprobs.device)).sum() / (n * t)).backward()  # constant normaliser
+    optimizer.step()
+    model.eval()
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -107,102 +137,105 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def measure(fn: Callable[[], Any], repeats: int, device: torch.device, seed: int) -> tuple[dict[str, Any], Any]:
-    """One warm-up, then `repeats` timed calls, each after the same seed. Returns stats and the last result."""
+def measure(step: Callable[[], tuple[float, float, int]], repeats: int, device: torch.device,
+            seed: int) -> dict[str, Any]:
+    """One warm-up step, then `repeats` timed steps from the same seed; `step` returns (rollout s, update s, tokens)."""
     seed_everything(seed)
-    fn()
+    step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    times, result = [], None
+    runs = []
     for _ in range(repeats):
-        seed_everything(seed)  # both variants sample from the same RNG state
-        t0 = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "times_s": times, "peak_memory_mb": _peak_memory_mb(device)}, result
+        seed_everything(seed)
+        runs.append(step())
+    rollout_s = statistics.median(r[0] for r in runs)
+    tokens = runs[-1][2]
+    return {"step_s": statistics.median(r[0] + r[1] for r in runs), "steps_s": [r[0] + r[1] for r in runs],
+            "rollout_s": rollout_s, "update_s": statistics.median(r[1] for r in runs), "tokens": tokens,
+            "rollout_tokens_per_s": tokens / rollout_s, "peak_memory_mb": _peak_memory_mb(device)}
 
 
-def _variants(batched: dict, naive: dict, tokens_batched: int, tokens_naive: int) -> dict[str, Any]:
-    batched["tokens"], naive["tokens"] = tokens_batched, tokens_naive
-    for v in (batched, naive):
-        v["tokens_per_s"] = v["tokens"] / v["median_s"]
-    return {"batched": batched, "naive": naive, "speedup": naive["median_s"] / batched["median_s"]}
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",)) -> dict[str, Any]:
+    """Benchmark the prototype's step and ours with each of `engines`; return the results (also bench.json)."""
+    if repeats < 1:
+        raise GrpoAoError(f"--repeats {repeats}: the bench needs at least 1 timed step per variant.")
+    bad = [e for e in engines if e not in VARIANTS[1:]]
+    if bad or not engines:
+        raise GrpoAoError(f"--engines {','.join(engines)}: choose from hf, vllm (comma-separated).")
+    run_dir = start_run(cfg, "bench")
+    seed_everything(cfg.seed)
+    model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
+    device = next(model.parameters()).device
+    tasks = task_sampler(cfg.data, tokenizer).next_batch(cfg.grpo.prompts_per_step)  # the same tasks for all
+    spec, mbs = oracle_spec(cfg), cfg.grpo.micro_batch_size
+    sampling = replace(cfg.sampling, min_new_tokens=cfg.sampling.max_new_tokens)  # every completion T tokens
+    optimizer, _ = optimizer_and_scheduler(model, cfg.grpo.lr, 0.0, 0, "constant", cfg.grpo.max_steps)
+    model.eval()
+
+    def prototype_step() -> tuple[float, float, int]:
+        t_roll, groups = _timed(lambda: prototype_rollouts(
+            model, tokenizer, prototype_inputs(model, tokenizer, tasks, spec=spec), sampling, spec=spec), device)
+        t_upd, _ = _timed(lambda: prototype_update(model, groups, optimizer, spec=spec,
+                                                   temperature=sampling.temperature), device)
+        return t_roll, t_upd, sum(int(r.lengths.sum()) for r in groups)
+
+    def our_step(engine: Any) -> Callable[[], tuple[float, float, int]]:
+        def step() -> tuple[float, float, int]:
+            t_roll, rollouts = _timed(lambda: engine.generate(
+                build_oracle_inputs(model, tokenizer, tasks, spec=spec), sampling), device)
+
+            def update() -> None:
+                micro_batched_update(model, rollouts, optimizer, mbs, spec=spec, temperature=sampling.temperature)
+                engine.after_step(model, tokenizer)
+
+            t_upd, _ = _timed(update, device)
+            return t_roll, t_upd, int(rollouts.lengths.sum())
+        return step
+
+    results = {"prototype": measure(prototype_step, repeats, device, cfg.seed)}
+    for name in engines:
+        engine = build_engine(replace(cfg.rollout, engine=name), model, tokenizer, spec=spec, dtype=cfg.model.dtype,
+                              device=str(device), seed=cfg.seed, work_dir=run_dir / "engine",
+                              parity_inputs=build_oracle_inputs(model, tokenizer, tasks, spec=spec))
+        try:
+            results[name] = measure(our_step(engine), repeats, device, cfg.seed)
+        finally:
+            engine.close()
+    for v in results.values():
+        v["speedup_vs_prototype"] = results["prototype"]["step_s"] / v["step_s"]
+    result = {
+        "config": cfg.name, "device": str(device), "B": len(tasks), "G": sampling.num_generations,
+        "N": len(tasks) * sampling.num_generations, "max_new_tokens": sampling.max_new_tokens,
+        "micro_batch_size": mbs, "repeats": repeats, "dtype": cfg.model.dtype,
+        "memory_source": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
+        "variants": results,
+    }
+    write_json(run_dir / "bench.json", result)
+    print_table(result)
+    return result
 
 
 def print_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"grpo-ao bench · {result['config']} · {result['device']} · B={result['B']} G={result['G']} "
-                        f"T={result['max_new_tokens']} micro-batch={result['micro_batch_size']} "
-                        f"· median of {result['repeats']}")
+    table = Table(title=f"grpo-ao bench · {result['config']} · {result['device']} {result['dtype']} · "
+                        f"B={result['B']} G={result['G']} T={result['max_new_tokens']} (forced) "
+                        f"micro-batch={result['micro_batch_size']} · median of {result['repeats']} steps")
     table.caption = ("peak MB: torch.cuda.max_memory_allocated per variant" if result["memory_source"] ==
                      "cuda_max_allocated" else "peak MB: process peak RSS so far (grows; not per variant)")
-    for col in ("stage", "variant", "median s", "tokens", "tokens/s", "peak MB", "speed-up"):
-        table.add_column(col, justify="left" if col in ("stage", "variant") else "right")
-    for stage, label in (("sampling", "sampling"), ("logprobs", "logprobs+backward")):
-        s = result[stage]
-        for name, note in (("batched", f"{s['speedup']:.2f}×"), ("naive", "1.00×")):
-            v = s[name]
-            table.add_row(label, name, f"{v['median_s']:.4f}", str(v["tokens"]), f"{v['tokens_per_s']:.1f}",
-                          f"{v['peak_memory_mb']:.0f}", note)
+    for col in ("variant", "s/step", "rollout s", "rollout tok/s", "update s", "peak MB", "vs prototype"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for name, v in result["variants"].items():
+        table.add_row(name, f"{v['step_s']:.3f}", f"{v['rollout_s']:.3f}", f"{v['rollout_tokens_per_s']:.1f}",
+                      f"{v['update_s']:.3f}", f"{v['peak_memory_mb']:.0f}", f"{v['speedup_vs_prototype']:.2f}×")
     Console().print(table)
-    print(f"max |logprob difference| batched vs naive: {result['logprobs_max_abs_diff']:.2e}")
-
-
-def run(cfg: RunConfig, repeats: int = 3) -> dict[str, Any]:
-    """Benchmark one batch (see the module docstring); return the results (also run_dir/bench.json)."""
-    if repeats < 1:
-        raise GrpoAoError(f"--repeats {repeats}: the bench needs at least 1 timed run per variant.")
-    run_dir = start_run(cfg, "bench")
-    seed_everything(cfg.seed)
-    model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
-    device = next(model.parameters()).device
-    tasks = task_sampler(cfg.data, tokenizer).next_batch(cfg.grpo.prompts_per_step)  # the same tasks for both
-    spec = oracle_spec(cfg)
-    inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
-    s = cfg.sampling
-
-    # 1. sampling
-    naive_s, naive_out = measure(lambda: naive_rollouts(model, tokenizer, inputs, s, spec=spec),
-                                 repeats, device, cfg.seed)
-    batched_s, rollouts = measure(lambda: generate_rollouts(model, tokenizer, inputs, s, spec=spec),
-                                  repeats, device, cfg.seed)
-    sampling_result = _variants(batched_s, naive_s, int(rollouts.lengths.sum()),
-                                sum(int(r.lengths.sum()) for r in naive_out))
-
-    # 2. training logprobs + backward, on the batched rollouts for both variants
-    model.train()  # as in the update (LoRA dropout on, if configured)
-    mbs = cfg.grpo.micro_batch_size
-
-    def batched() -> torch.Tensor:
-        model.zero_grad(set_to_none=True)
-        return batched_logprobs(model, rollouts, mbs, s.temperature, spec=spec)
-
-    def naive() -> torch.Tensor:
-        model.zero_grad(set_to_none=True)
-        return naive_logprobs(model, rollouts, s.temperature, spec=spec)
-
-    naive_l, naive_lp = measure(naive, repeats, device, cfg.seed)
-    batched_l, batched_lp = measure(batched, repeats, device, cfg.seed)
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    tokens = int(rollouts.lengths.sum())
-    mask = rollouts.completion_mask.bool()  # [N, T]
-
-    # 3. report
-    result = {
-        "config": cfg.name, "device": str(device), "B": len(tasks), "G": s.num_generations,
-        "N": len(tasks) * s.num_generations, "max_new_tokens": s.max_new_tokens, "micro_batch_size": mbs,
-        "repeats": repeats,
-        "memory_source": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
-        "sampling": sampling_result,
-        "logprobs": _variants(batched_l, naive_l, tokens, tokens),
-        "logprobs_max_abs_diff": float((batched_lp - naive_lp)[mask].abs().max()) if tokens else 0.0,
-    }
-    write_json(run_dir / "bench.json", result)
-    print_table(result)
-    return result
