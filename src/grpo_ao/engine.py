@@ -117,8 +117,9 @@ def build_engine(settings: RolloutConfig, model: Any, tokenizer: Any, *, spec: O
     from grpo_ao.vllm_engine import VllmEngine, save_for_vllm
 
     model_dir = save_for_vllm(model, tokenizer, work_dir / "base_model")
+    rank = model.peft_config["default"].r if hasattr(model, "peft_config") else 0
     engine = VllmEngine(model_dir, tokenizer, spec=spec, settings=settings, dtype=dtype, device=device, seed=seed,
-                        work_dir=work_dir)
+                        work_dir=work_dir, max_lora_rank=max(64, rank))
     engine.sync_weights(model)  # the starting adapter
     synced = SyncedEngine(engine, settings, parity_inputs if settings.parity_prompts else None)
     synced.check_parity(model, tokenizer)

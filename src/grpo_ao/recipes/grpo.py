@@ -340,5 +340,5 @@ def start_engine(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Any) -> An
         tasks = task_sampler(cfg.data, tokenizer).next_batch(cfg.rollout.parity_prompts)
         parity_inputs = build_oracle_inputs(model, tokenizer, tasks, spec=oracle_spec(cfg))
     return build_engine(cfg.rollout, model, tokenizer, spec=oracle_spec(cfg), dtype=cfg.model.dtype,
-                        device=cfg.model.device, seed=cfg.seed, work_dir=run_dir / "engine",
+                        device=str(next(model.parameters()).device), seed=cfg.seed, work_dir=run_dir / "engine",
                         parity_inputs=parity_inputs)
