@@ -37,8 +37,8 @@ def test_vllm_engine_tests_pass_in_the_vllm_environment():
 
 def test_the_engine_module_imports_without_vllm_and_names_the_install_script():
     from grpo_ao.errors import GrpoAoError
+    from grpo_ao.vllm import VllmEngine, save_for_vllm
     from grpo_ao.vllm.engine import import_vllm
-    from grpo_ao.vllm_engine import VllmEngine, save_for_vllm
 
     assert callable(save_for_vllm) and VllmEngine.generate
     with pytest.raises(GrpoAoError, match="scripts/install_vllm.sh"):

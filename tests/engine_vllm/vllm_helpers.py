@@ -53,7 +53,7 @@ def spec(layer: int = 1):
 
 def start_engine(model, tokenizer, work_dir, *, sync="merge", eager=True, layer=1, **engine_kwargs):
     """save_for_vllm + a float32 CPU engine with small blocks and a short max length."""
-    from grpo_ao.rollout import RolloutConfig
+    from grpo_ao.engine import RolloutConfig
     from grpo_ao.vllm import VllmEngine, save_for_vllm
 
     base = save_for_vllm(model, tokenizer, work_dir / "base")

@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
+from grpo_ao.engine import RolloutConfig
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.models import DTYPES
 from grpo_ao.rollout import (
     OracleInputs,
     OracleSpec,
-    RolloutConfig,
     Rollouts,
     SamplingConfig,
     completion_mask_for,
