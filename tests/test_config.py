@@ -149,3 +149,23 @@ def test_builtin_adapters_resolve_to_a_peft_directory_inside_the_package():
     assert resolve_adapter(None) is None and resolve_adapter("org/name") == "org/name"
     for name in builtin_adapters():
         assert (Path(resolve_adapter(f"builtin:{name}")) / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("override, field", [
+    ("rollout.engine=sglang", "rollout.engine="), ("rollout.vllm_weight_sync=copy", "rollout.vllm_weight_sync="),
+    ("rollout.vllm_gpu_memory_utilization=1.0", "rollout.vllm_gpu_memory_utilization="),
+    ("rollout.vllm_max_model_len=16", "rollout.vllm_max_model_len="), ("rollout.parity_prompts=-1", "rollout.parity_prompts="),
+    ("rollout.parity_tokens=0", "rollout.parity_tokens="), ("rollout.parity_logprob_tol=0", "rollout.parity_logprob_tol="),
+    ("rollout.parity_every=-1", "rollout.parity_every="), ("grpo.tis_cap=0.5", "grpo.tis_cap="),
+    ("sampling.min_new_tokens=17", "sampling.min_new_tokens="),
+])
+def test_rollout_engine_and_tis_settings_reject_bad_values_naming_the_field(override, field):
+    with pytest.raises(GrpoAoError, match=re.escape(field)):
+        load_config("tiny", [override])
+
+
+def test_the_vllm_engine_with_the_tiny_model_on_cpu_is_refused_at_load_with_the_reason():
+    with pytest.raises(GrpoAoError, match="head"):
+        load_config("tiny", ["rollout.engine=vllm", "model.device=cpu"])
+    assert load_config("smollm2", ["rollout.engine=vllm"]).rollout.engine == "vllm"
+    assert load_config("tiny", ["grpo.tis_cap=2", "sampling.min_new_tokens=16"]).grpo.tis_cap == 2

@@ -323,6 +323,9 @@ class RunConfig:
                f"sft.expand_open_answers=true rewrites answers with the hosted judge model, but "
                f"judge.kind={self.judge.kind}. Set judge.kind=openai (with judge.base_url, judge.model and the API "
                "key variable), or turn the option off: sft.expand_open_answers=false.")
+        require(not (self.rollout.engine == "vllm" and self.model.source == "tiny" and self.model.device == "cpu"),
+               "rollout.engine=vllm with model.source=tiny on the CPU: the tiny model's attention heads have size 16 "
+               "and vLLM's CPU attention needs 32 or more. Use rollout.engine=hf, or model.source=smollm2.")
         if is_local(self.data):  # cheap to read now; an hf: source is checked by the recipe before model work
             require_data_fits(self, count_contexts(self.data))
         if is_local(self.eval.data):
