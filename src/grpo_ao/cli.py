@@ -162,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("grpo-ao: interrupted; the latest complete checkpoint is kept (use --resume).", file=sys.stderr)
         return 130
+    finally:
+        if "grpo_ao.distributed" in sys.modules:  # only commands that trained or evaluated started one
+            from grpo_ao.distributed import shutdown
+
+            shutdown()
 
 
 if __name__ == "__main__":

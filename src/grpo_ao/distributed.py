@@ -177,3 +177,11 @@ def check_replicas_agree(params: Sequence[torch.nn.Parameter]) -> None:
             raise GrpoAoError(f"rank {r}'s adapter weights differ from rank 0's (max checksum difference {worst:.3g}): "
                               "the ranks must start from the same adapter and seed. Check that every machine reads "
                               "the same model, adapter and grpo-ao version.")
+
+
+def shutdown() -> None:
+    """Tear down the process group, if one was started, before the interpreter exits: left to interpreter
+    shutdown, gloo's threads can outlive it and abort the process ("terminate called without an active exception")
+    after the run's work is done and written."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
