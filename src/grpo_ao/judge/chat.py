@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import openai
-from dotenv import load_dotenv
+from dotenv import dotenv_values, load_dotenv
 
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.judge.cache import JudgeCache
@@ -105,6 +105,15 @@ class _Outcome:
     retry_after_s: float | None = None
 
 
+def find_api_key(name: str) -> tuple[str, str]:
+    """(value, where) of the key variable `name`: an exported variable first, then a line in ./.env;
+    ("", "") when neither sets it. Reads only; `read_api_key` and `grpo-ao doctor` both look here."""
+    if os.environ.get(name, "").strip():
+        return os.environ[name].strip(), "environment"
+    value = str(dotenv_values(Path.cwd() / ".env").get(name) or "").strip()
+    return (value, "./.env") if value else ("", "")
+
+
 def read_api_key(cfg: JudgeConfig, alternative: str) -> str:
     """The key from the environment variable named by `cfg.api_key_env` (a ./.env file is loaded first).
 
@@ -112,7 +121,7 @@ def read_api_key(cfg: JudgeConfig, alternative: str) -> str:
         GrpoAoError: the variable is not set; the message says how to set it, or `alternative`.
     """
     load_dotenv(Path.cwd() / ".env", override=False)  # an exported variable wins over .env
-    api_key = os.environ.get(cfg.api_key_env, "").strip()
+    api_key = find_api_key(cfg.api_key_env)[0]
     if not api_key:
         raise GrpoAoError(
             f"judge.kind=openai needs an API key, but the environment variable {cfg.api_key_env} is not set. "

@@ -15,7 +15,6 @@ uncached models, 7) and says SKIP. Nothing is downloaded and no model is loaded.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
@@ -40,6 +39,7 @@ from grpo_ao.doctor import (
     version_finding,
     writable,
 )
+from grpo_ao.judge.chat import find_api_key
 from grpo_ao.models import cache_root, resolve_adapter, smollm2_available
 
 NETWORK_TIMEOUT_S = 5.0
@@ -167,20 +167,11 @@ def check_disk(cfg: RunConfig | None) -> Finding:
     return Finding("disk", "OK", detail)
 
 
-def _api_key(name: str) -> tuple[str, str]:
-    """(value, where) of the key variable `name`, the way the judge reads it: exported first, then ./.env."""
-    from dotenv import dotenv_values
-
-    if os.environ.get(name, "").strip():
-        return os.environ[name].strip(), "environment"
-    return str(dotenv_values(Path.cwd() / ".env").get(name) or "").strip(), "./.env"
-
-
 def check_api_key(cfg: RunConfig) -> Finding:
     name = cfg.judge.api_key_env
     if cfg.judge.kind != "openai":
         return Finding("api key", "SKIP", f"judge.kind={cfg.judge.kind} needs none")
-    key, where = _api_key(name)  # the value goes nowhere but this test
+    key, where = find_api_key(name)  # the value goes nowhere but this test
     if key:
         return Finding("api key", "OK", f"{name} is set ({where})")
     return Finding("api key", "FAIL", f"{name} is not set", f"export {name}=... or add a line {name}=... to "
@@ -233,7 +224,7 @@ def check_judge_endpoint(cfg: RunConfig, offline: bool) -> Finding:
     url = cfg.judge.base_url.rstrip("/") + "/models"
     if offline:
         return Finding("judge endpoint", "SKIP", f"{url} {SKIP_OFFLINE}")
-    key = _api_key(cfg.judge.api_key_env)[0]
+    key = find_api_key(cfg.judge.api_key_env)[0]
     status = http_status(url, {"Authorization": f"Bearer {key}"} if key else {}, NETWORK_TIMEOUT_S)
     if isinstance(status, str):
         return Finding("judge endpoint", "FAIL", f"GET {url}: {status}",
