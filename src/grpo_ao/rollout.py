@@ -140,16 +140,25 @@ def build_oracle_inputs(
     Each task needs `.context`, `.question`, `.layer_percent` and `.num_positions`. Uses the spec's
     context format (extraction), system prompt and mode (prompt); not its injection layer or coef.
     """
-    layers = [layer_for_percent(num_layers(model), t.layer_percent) for t in tasks]
-    ks = [t.num_positions for t in tasks]
-    vectors = extract_activations(model, tokenizer, [t.context for t in tasks], layers, ks,
-                                  spec.context_format)
-    prompts = [
-        render_oracle_prompt(tokenizer, t.question, layer, k, spec.system_prompt, mode=spec.mode)
-        for t, layer, k in zip(tasks, layers, ks, strict=True)
-    ]
-    prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
-    return OracleInputs(prompt_ids, prompt_mask, positions, vectors, layers)
+    layers = subject_layers(model, tasks)
+    vectors = extract_activations(model, tokenizer, [t.context for t in tasks], layers,
+                                  [t.num_positions for t in tasks], spec.context_format)
+    return oracle_inputs(tokenizer, tasks, layers, vectors, spec=spec)
+
+
+def subject_layers(model: Any, tasks: Sequence[Any]) -> list[int]:
+    """Step 1's layer per task: the subject block at `task.layer_percent` of the model's depth."""
+    return [layer_for_percent(num_layers(model), t.layer_percent) for t in tasks]
+
+
+def oracle_inputs(tokenizer: Any, tasks: Sequence[Any], layers: Sequence[int], vectors: Sequence[torch.Tensor], *,
+                  spec: OracleSpec) -> OracleInputs:
+    """Step 2: each task's oracle prompt (`layers[b]`, K = `task.num_positions`, the spec's system prompt and
+    mode) rendered and left-padded, with the given subject vectors (B tensors [K_b, hidden])."""
+    prompts = [render_oracle_prompt(tokenizer, t.question, layer, t.num_positions, spec.system_prompt, mode=spec.mode)
+               for t, layer in zip(tasks, layers, strict=True)]
+    prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)  # [B, P], [B, P], B lists
+    return OracleInputs(prompt_ids, prompt_mask, positions, list(vectors), list(layers))
 
 
 def teacher_forcing_rollouts(prompts: Sequence[Any], targets: Sequence[Sequence[int]], vectors: Sequence[torch.Tensor],

@@ -66,6 +66,7 @@ from grpo_ao.rollout import (
     Rollouts,
     SamplingConfig,
     generate_rollouts,
+    subject_layers,
     teacher_forcing_rollouts,
 )
 from grpo_ao.steering import extract_in_batches, layer_for_percent
@@ -172,7 +173,7 @@ def with_activations(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoI
     if path.exists():
         acts = load_file(str(path))
         return [acts[f"v{i}"] for i in range(len(items))]
-    layers = [layer_for_percent(num_layers(model), it.layer_percent) for it in items]
+    layers = subject_layers(model, items)
     bar = progress_bar(len(items), "ao-sft activations", cfg.logging.progress)
     vectors = [v.float() for v in extract_in_batches(model, tokenizer, [it.text for it in items], layers,
                                                      [it.k for it in items], cfg.data.context_format,
@@ -219,7 +220,7 @@ def heldout_accuracy(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoI
         src = idx if donors is None else [donors[i] for i in idx]  # whose activations each row reads
         prompts = [prompt_for(tokenizer, model, items[i], items[j].layer_percent, items[j].k) for i, j in zip(idx, src)]
         prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
-        layers = [layer_for_percent(num_layers(model), items[j].layer_percent) for j in src]
+        layers = subject_layers(model, [items[j] for j in src])
         inputs = OracleInputs(prompt_ids, prompt_mask, positions, [vectors[j] for j in src], layers)
         rollouts = generate_rollouts(model, tokenizer, inputs, sampling, spec=spec)
         answers += [t.strip() for t in rollouts.texts]

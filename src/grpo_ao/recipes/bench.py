@@ -33,8 +33,6 @@ import torch
 from grpo_ao.config import RunConfig
 from grpo_ao.engine import build_engine
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.format import left_pad, render_oracle_prompt
-from grpo_ao.models import num_layers
 from grpo_ao.recipes.setup import (
     load_oracle,
     optimizer_and_scheduler,
@@ -53,8 +51,10 @@ from grpo_ao.rollout import (
     completion_mask_for,
     end_of_turn_ids,
     injected_logprobs,
+    oracle_inputs,
+    subject_layers,
 )
-from grpo_ao.steering import inject, layer_for_percent, render_context, subject_mode
+from grpo_ao.steering import inject, render_context, subject_mode
 
 VARIANTS = ("prototype", "hf", "vllm")
 
@@ -62,7 +62,7 @@ VARIANTS = ("prototype", "hf", "vllm")
 def prototype_inputs(model: Any, tokenizer: Any, tasks: list, *, spec: OracleSpec) -> OracleInputs:
     """1 (prototype): one full forward per task with every hidden state returned, then the prompts."""
     device = next(model.parameters()).device
-    layers = [layer_for_percent(num_layers(model), t.layer_percent) for t in tasks]
+    layers = subject_layers(model, tasks)
     vectors = []
     for task, layer in zip(tasks, layers, strict=True):
         enc = tokenizer(render_context(tokenizer, task.context, spec.context_format), return_tensors="pt",
@@ -70,9 +70,7 @@ def prototype_inputs(model: Any, tokenizer: Any, tasks: list, *, spec: OracleSpe
         with torch.no_grad(), subject_mode(model):
             hidden = model(**enc, output_hidden_states=True).hidden_states  # L+1 × [1, S, H]
         vectors.append(hidden[layer + 1][0, -task.num_positions:].detach().clone())  # [K, H]
-    prompts = [render_oracle_prompt(tokenizer, t.question, layer, t.num_positions, spec.system_prompt, mode=spec.mode)
-               for t, layer in zip(tasks, layers, strict=True)]
-    return OracleInputs(*left_pad(prompts, tokenizer.pad_token_id), vectors, layers)
+    return oracle_inputs(tokenizer, tasks, layers, vectors, spec=spec)
 
 
 def prototype_rollouts(model: Any, tokenizer: Any, inputs: OracleInputs, sampling: SamplingConfig, *,

@@ -40,7 +40,7 @@ from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import left_pad, parse_epistemic_status, render_oracle_prompt
 from grpo_ao.grading import grade
 from grpo_ao.judge import build_judge
-from grpo_ao.models import BUILTIN_ADAPTER, load_model, num_layers, resolve_adapter
+from grpo_ao.models import BUILTIN_ADAPTER, load_model, resolve_adapter
 from grpo_ao.plots import confidence_histogram, reliability_diagram
 from grpo_ao.recipes.setup import (
     judge_cache_path,
@@ -51,8 +51,8 @@ from grpo_ao.recipes.setup import (
     write_json,
 )
 from grpo_ao.reward import judge_and_reward
-from grpo_ao.rollout import OracleInputs, generate_rollouts
-from grpo_ao.steering import extract_in_batches, layer_for_percent
+from grpo_ao.rollout import OracleInputs, generate_rollouts, subject_layers
+from grpo_ao.steering import extract_in_batches
 
 TABLE_COLUMNS = [
     ("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("shuffled acc", "shuffled_accuracy"),
@@ -298,7 +298,7 @@ def run(cfg: RunConfig, adapters: list[str] | None = None) -> dict[str, Any]:
     base, tokenizer = load_model(cfg.model)
     tasks = eval_tasks(cfg, tokenizer)  # 1.
     donors = shuffled_donors(tasks, cfg.eval.data.seed)  # 2.
-    layers = [layer_for_percent(num_layers(base), t.layer_percent) for t in tasks]
+    layers = subject_layers(base, tasks)
     activations = subject_activations(cfg, base, tokenizer, tasks, layers)  # 3. before any adapter wraps `base`
     judge = build_judge(cfg.judge, cache_path=judge_cache_path(cfg))
     results: dict[str, dict] = {}
