@@ -43,12 +43,11 @@ def _hf_greedy(model: Any, tokenizer: Any, inputs: OracleInputs, greedy: Samplin
 def diagnose(engine: Any, model: Any, tokenizer: Any, inputs: OracleInputs, greedy: SamplingConfig) -> str:
     """The likely cause of a token mismatch, from two re-runs."""
     engine.llm.reset_prefix_cache()
-    if first_mismatch(engine.generate(inputs, greedy), _hf_greedy(model, tokenizer, inputs, greedy,
-                                                                  engine.spec)) is None:
+    fresh = engine.generate(inputs, greedy)  # with nothing cached
+    if first_mismatch(fresh, _hf_greedy(model, tokenizer, inputs, greedy, engine.spec)) is None:
         return ("the prefix cache served KV computed under other weights or another injection (a weight sync "
                 "without a cache reset, or prompts sent without their cache_salt)")
-    if first_mismatch(engine.generate(inputs, greedy), _hf_greedy(model, tokenizer, inputs, greedy, engine.spec,
-                                                                  adapter=False)) is None:
+    if first_mismatch(fresh, _hf_greedy(model, tokenizer, inputs, greedy, engine.spec, adapter=False)) is None:
         return ("stale weights: the engine samples the base model without the adapter; call "
                 "engine.sync_weights(model) after loading the adapter and after every optimizer step")
     return (f"a different forward: the injection layer or coefficient (engine: block {engine.spec.injection_layer}, "
