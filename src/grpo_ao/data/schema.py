@@ -44,6 +44,14 @@ class Example:
     """Questions about the context (at least one)."""
     source: str = ""
     """Where the row came from, "file:line" (JSONL, 1-based) or "hf:name[split]:row" (0-based)."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """The context's label per task family, e.g. (("sentiment", "positive"), ("topic", "cooking")), from the
+    row's optional `labels` object; the counterfactual control uses them (`grpo_ao.controls`)."""
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        """`labels` as a dict, family -> value."""
+        return dict(self.labels)
 
 
 class BadRow(ValueError):
@@ -126,4 +134,13 @@ def parse_row(row: Any, source: str = "") -> Example:
         raise BadRow(f'"{name}" is empty')
     labels = ['"question"'] if name == "question" else [f'"{name}"[{i}]' for i in range(len(items))]
     qas = tuple(_qa(item, label) for item, label in zip(items, labels, strict=True))
-    return Example(context=context, qas=qas, source=source)
+    return Example(context=context, qas=qas, source=source, labels=_labels(row.get("labels")))
+
+
+def _labels(value: Any) -> tuple[tuple[str, str], ...]:
+    """The optional `labels` object ({family: value}, both strings), sorted by family."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise BadRow(f'"labels" must be an object {{family: value}}, got {type(value).__name__}')
+    return tuple(sorted((_text(k, '"labels" key'), _text(v, f'"labels".{k}')) for k, v in value.items()))
