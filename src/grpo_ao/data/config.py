@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from grpo_ao.errors import GrpoAoError
 
-BUILTIN_SOURCES = ("builtin", "builtin_eval")
+BUILTIN_SOURCES = ("builtin", "builtin_heldout", "builtin_eval")
 ON_BAD_ROW = ("skip", "error")
 CONTEXT_FORMATS = ("chat", "raw")
 
@@ -20,8 +20,9 @@ class DataConfig:
     """Data source and per-draw sampling of layer percent and number of positions K."""
 
     source: str = "builtin"
-    """"builtin" (the training set shipped in the package), "builtin_eval" (the shipped eval set), a path
-    to a .jsonl file (schema in docs/data.md), or "hf:<name or local path>" (Hugging Face `datasets`)."""
+    """"builtin" (the training set shipped in the package), "builtin_heldout" (its held-out set: other sentences,
+    seen and unseen question wordings), "builtin_eval" (the shipped eval set), a path to a .jsonl file (schema
+    in docs/data.md), or "hf:<name or local path>" (Hugging Face `datasets`)."""
     split: str = "train"
     """Split to read from an "hf:" source. JSONL and built-in sources have no splits and ignore it."""
     layer_percents: tuple[int, ...] = (25, 50, 75)
@@ -51,10 +52,10 @@ class DataConfig:
         src = self.source
         if not isinstance(src, str) or not src.strip():
             raise GrpoAoError(f"data.source must be a non-empty string, got {src!r}. Use 'builtin', "
-                              "'builtin_eval', a path to a .jsonl file or 'hf:<dataset name or path>'.")
+                              "'builtin_heldout', 'builtin_eval', a path to a .jsonl file or 'hf:<dataset name or path>'.")
         if not (src in BUILTIN_SOURCES or src.endswith(".jsonl") or (src.startswith("hf:") and src[3:].strip())):
-            raise GrpoAoError(f"data.source={src!r} is not a known source. Use 'builtin', 'builtin_eval', a "
-                              "path ending in .jsonl, or 'hf:<dataset name or local path>'.")
+            raise GrpoAoError(f"data.source={src!r} is not a known source. Use 'builtin', 'builtin_heldout', "
+                              "'builtin_eval', a path ending in .jsonl, or 'hf:<dataset name or local path>'.")
         if not isinstance(self.split, str) or not self.split:
             raise GrpoAoError(f"data.split must be a non-empty string such as 'train', got {self.split!r}.")
         lp = self.layer_percents

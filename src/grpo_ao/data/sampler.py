@@ -46,6 +46,8 @@ class Task:
     """Subject layer as percent of depth (one of `cfg.layer_percents`)."""
     num_positions: int
     """K: activations of the last K context tokens are injected."""
+    phrasing: str | None = None
+    """The question's wording set ("seen" / "unseen" in the built-in held-out set), None when not marked."""
 
 
 class TaskSampler:
@@ -103,7 +105,7 @@ class TaskSampler:
         k = int(self._rng.integers(self.cfg.min_positions, self._max_k[i] + 1))  # 4. inclusive upper bound
         self.draws += 1
         return Task(example_index=i, context=ex.context, question=qa.question, reference=qa.reference,
-                    family=qa.family, layer_percent=int(layer_percent), num_positions=k)
+                    family=qa.family, layer_percent=int(layer_percent), num_positions=k, phrasing=qa.phrasing)
 
     def next_batch(self, batch_size: int) -> list[Task]:
         """The next `batch_size` tasks; a batch may span an epoch boundary."""
