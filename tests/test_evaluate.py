@@ -304,3 +304,24 @@ def test_the_shuffled_control_injects_the_donors_activations_at_the_placeholders
         assert unpadded == [x for x, m in zip(real.prompt_ids[i].tolist(), real.prompt_mask[i].tolist()) if m]
         relaid += (donor.layer_percent, donor.num_positions) != (item.layer_percent, item.num_positions)
     assert relaid > 0, "the test needs a donor item of another layout"
+
+
+def test_counterfactual_slots_read_the_donor_at_the_items_layer_and_cap_k_to_a_shorter_donor(tmp_path, tiny):
+    from grpo_ao.steering import extract_activations
+
+    model, tokenizer = tiny
+    cfg = _eval_cfg(tmp_path, "eval.batch_size=2")
+    long_ctx, short_ctx = "The soup was salty and the bread was stale.", "Hi"
+    n_short = len(tokenizer(short_ctx, add_special_tokens=False)["input_ids"])
+    assert n_short < 5
+    tasks = [Task(0, long_ctx, "Is it about food?", "Yes", "topic", 75, 5),
+             Task(1, short_ctx, "Is it about food?", "No", "topic", 25, 1),
+             Task(2, "Nothing to see", "Is it about food?", None, "topic", 50, 2)]
+    cache: dict = {}
+    items, shown = evaluate.counterfactual_slots(cfg, model, tokenizer, tasks, [2, 0, 1], [1, 0, None], cache)
+    assert items == [0, 1] and shown.layer_percents == [75, 25] and shown.layers == [2, 0]
+    assert shown.ks == [n_short, 1], "item 0's K = 5 capped to the donor's tokens; item 1 keeps its own K"
+    for row, (ctx, layer, k) in enumerate([(short_ctx, 2, n_short), (long_ctx, 0, 1)]):
+        expected = extract_activations(model, tokenizer, [ctx], [layer], [k], cfg.eval.data.context_format)[0]
+        torch.testing.assert_close(shown.vectors[row], expected)
+    assert set(cache) == {(short_ctx, 2, n_short), (long_ctx, 0, 1)}
