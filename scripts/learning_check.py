@@ -9,8 +9,9 @@ Stages, each from the previous one's adapter: start (the bare model) → AO: the
 `model.adapter=null` → format SFT → GRPO with
 `grpo.advantage_routing=sequence` and, from the same SFT adapter, GRPO with `split`. Then ONE `grpo-ao eval`
 of all of them on the same held-out eval items (greedy, a single generation), each beside its
-shuffled-activation control. Prints the table and writes it, with the exact command, to docs/RESULTS.md
-(`--results PATH`; `--no-write` to only print). Targets (issue 8) are printed next to the numbers;
+shuffled and counterfactual activation controls, with AUROC, within-family AUROC and ECE against the reward's
+target. Prints the table and writes it, with the exact command, to docs/RESULTS.md
+(`--results PATH`; `--no-write` to only print). Targets (issue 15) are printed next to the numbers;
 missing one is reported, never hidden.
 """
 
@@ -28,12 +29,14 @@ from pathlib import Path
 os.environ.setdefault("GRPO_AO_NO_PROGRESS", "1")
 
 COLUMNS = [("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("shuffled acc.", "shuffled_accuracy"),
-           ("AUROC", "auroc_correct"), ("ECE (correct)", "ece_correct"), ("Brier (correct)", "brier_correct"),
-           ("ECE (info)", "ece_info"), ("conf if right", "mean_confidence_correct"),
-           ("conf if wrong", "mean_confidence_incorrect")]
+           ("counterf. acc.", "counterfactual_accuracy"), ("AUROC", "auroc_correct"),
+           ("AUROC in family", "auroc_correct_within_family"), ("ECE (target)", "ece_target"),
+           ("ECE (correct)", "ece_correct"), ("Brier (correct)", "brier_correct"), ("ECE (info)", "ece_info"),
+           ("conf if right", "mean_confidence_correct"), ("conf if wrong", "mean_confidence_incorrect")]
 TARGETS = {
-    "ao": "yes/no accuracy ≥ 0.75 with shuffled ≤ 0.60",
-    "grpo": "parse rate ≥ 0.95, AUROC ≥ 0.75, ECE (correct) ≤ 0.08 (single greedy generation)",
+    "ao": "yes/no accuracy ≥ 0.85 with counterfactual ≤ 0.25",
+    "grpo": ("AUROC ≥ 0.80, within-family AUROC ≥ 0.65, ECE against the reward's target ≤ 0.06 (single greedy "
+             "generation)"),
 }
 
 
@@ -78,18 +81,29 @@ def run_stages(cfg, out: Path) -> tuple[list[str], dict[str, float]]:
     return adapters, times
 
 
+def _yes_no_accuracy(path: Path) -> float | None:
+    """Accuracy on the records with a Yes/No reference (parse failures graded too, as `accuracy`)."""
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    yn = [rec["correct"] for rec in records if rec.get("reference") in ("Yes", "No")]
+    return sum(bool(c) for c in yn) / len(yn) if yn else None
+
+
 def results_table(report: dict, eval_dir: Path, times: dict[str, float], eval_s: float) -> str:
-    head = "| stage | " + " | ".join(c for c, _ in COLUMNS) + " | yes/no acc. | train time (s) |"
-    lines = [head, "|---" * (len(COLUMNS) + 3) + "|"]  # yes/no acc. = accuracy on Yes/No-reference items
+    from grpo_ao.recipes.eval_report import result_row
+
+    head = "| stage | " + " | ".join(c for c, _ in COLUMNS) + " | yes/no acc. | yes/no counterf. | train time (s) |"
+    lines = [head, "|---" * (len(COLUMNS) + 4) + "|"]  # yes/no = accuracy on Yes/No-reference items
     for label, r in report["adapters"].items():
-        s = dict(r["summary"])
-        s["shuffled_accuracy"] = r["controls"]["shuffled"]["summary"]["accuracy"]
-        records = [json.loads(x) for x in (eval_dir / r["records"]).read_text().splitlines()]
-        yn = [rec["correct"] for rec in records if rec.get("reference") in ("Yes", "No")]
-        yes_no = sum(bool(c) for c in yn) / len(yn) if yn else None
+        s = result_row(r)
+        yes_no = _yes_no_accuracy(eval_dir / r["records"])
+        yes_no_cf = _yes_no_accuracy(eval_dir / r["controls"]["counterfactual"]["records"])
         lines.append(f"| {label} | " + " | ".join(_fmt(s.get(k)) for _, k in COLUMNS)
-                     + f" | {_fmt(yes_no)} | {_fmt(round(times.get(label, 0.0))) if label in times else '–'} |")
-    lines.append(f"\neval of all stages (real + shuffled): {eval_s:.0f} s")
+                     + f" | {_fmt(yes_no)} | {_fmt(yes_no_cf)} | "
+                     f"{_fmt(round(times.get(label, 0.0))) if label in times else '–'} |")
+    cf = next(iter(report["adapters"].values()))["controls"]["counterfactual"]
+    lines.append(f"\ncounterfactual control on {cf['summary']['n']} of {report['num_items']} items "
+                 f"({cf['n_without_donor']} without a known counterfactual donor); ECE (target) against "
+                 f"reward.target={report['reward_target']}; eval of all stages (real + both controls): {eval_s:.0f} s")
     return "\n".join(lines)
 
 
@@ -133,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}, total {time.perf_counter() - t0:.0f} s. "
             f"Eval: {report['num_items']} held-out items of `{cfg.eval.data.source}`, greedy, one generation; "
             "accuracy by `grpo_ao.grading.grade` (a non-answer counts as wrong); shuffled = the same questions "
-            "asked about another item's activations (`grpo_ao.controls`); ECE/Brier/AUROC over parsed "
-            "answers only.\n\n" + table + shipped + "\n\nTargets (issue 8): after AO pretraining, "
+            "asked about another item's activations; counterf. = the same questions asked about a context whose "
+            "answer to that question differs, at the item's own layer and K (`grpo_ao.controls`: a reader scores "
+            "~0 there, a guesser its prior); AUROC in family = the mean per-family AUROC (does it know which "
+            "item it got right, not only which family it is good at); ECE/Brier/AUROC over parsed "
+            "answers only.\n\n" + table + shipped + "\n\nTargets (issue 15): after AO pretraining, "
             f"{TARGETS['ao']}; after GRPO, {TARGETS['grpo']}.\n")
     print("\n" + text)
     if not args.no_write:

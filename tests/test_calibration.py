@@ -11,6 +11,7 @@ import pytest
 from grpo_ao.calibration import (
     EvalRecord,
     auroc,
+    auroc_within_groups,
     bin_index,
     brier_score,
     expected_calibration_error,
@@ -211,3 +212,42 @@ def test_summarize_rejects_a_parsed_record_without_integer_x():
         summarize([rec(True, 0.7, 1.0, True, None)])
     with pytest.raises(ValueError, match="0..10"):
         summarize([rec(True, 11, 1.0, True, None)])
+
+
+def test_within_family_auroc_is_chance_when_confidence_only_tracks_the_family():
+    # "easy" says X 9 on every item (3 right, 1 wrong), "hard" X 2 on every item (1 right, 3 wrong).
+    records = ([rec(True, 9, 1.0, c, "easy") for c in (True, True, True, False)]
+               + [rec(True, 2, 0.0, c, "hard") for c in (True, False, False, False)])
+    s = summarize(records)
+    # global: positives .9 .9 .9 .2, negatives .9 .2 .2 .2. Pairs (16): a .9 positive beats the 3 .2
+    # negatives and ties the .9 one (3 x 3.5); the .2 positive ties 3 negatives and loses 1 (1.5): 12/16
+    assert s["auroc_correct"] == pytest.approx(12 / 16, abs=ATOL)
+    # within a family every confidence ties: AUROC 1/2 in each, mean 1/2, over 2 families
+    assert s["auroc_correct_within_family"] == pytest.approx(0.5, abs=ATOL)
+    assert s["n_families_auroc"] == 2
+    assert s["per_family"]["easy"]["auroc_correct_within_family"] == pytest.approx(0.5, abs=ATOL)
+
+
+def test_within_family_auroc_hand_computed_and_one_class_families_left_out():
+    records = [rec(True, 9, 1.0, True, "a"), rec(True, 3, 0.0, False, "a"),  # a: AUROC 1
+               rec(True, 4, 1.0, True, "b"), rec(True, 6, 0.0, False, "b"), rec(True, 4, 0.0, False, "b"),
+               rec(True, 8, 1.0, True, "c"),  # c: all right, no AUROC
+               rec(False, None, None, False, "c")]  # a parse failure never enters it
+    s = summarize(records)
+    # b: the positive .4 vs negatives .6 (loses) and .4 (ties): (0 + 1/2) / 2 = 1/4. Mean over a, b: 5/8
+    assert s["auroc_correct_within_family"] == pytest.approx((1 + 0.25) / 2, abs=ATOL)
+    assert s["n_families_auroc"] == 2
+    assert auroc_within_groups([0.9, 0.3, 0.4, 0.6, 0.4, 0.8], [1, 0, 1, 0, 0, 1], "aabbbc") == (0.625, 2)
+    assert auroc_within_groups([0.5], [True], ["a"]) == (None, 0)
+    with pytest.raises(ValueError, match="differ in length"):
+        auroc_within_groups([0.5, 0.6], [True, False], ["a"])
+
+
+def test_ece_target_is_the_ece_against_the_rewards_own_target():
+    by_info, by_correct, none = (summarize(RECORDS, t) for t in ("informativeness", "correctness", None))
+    assert by_info["ece_target"] == pytest.approx(0.4 / 3, abs=ATOL) and by_info["target"] == "informativeness"
+    assert by_correct["ece_target"] == pytest.approx(1.1 / 3, abs=ATOL) and by_correct["target"] == "correctness"
+    assert by_correct["per_family"]["topic"]["ece_target"] == by_correct["per_family"]["topic"]["ece_correct"]
+    assert none["ece_target"] is None
+    with pytest.raises(ValueError, match="target must be one of"):
+        summarize(RECORDS, "accuracy")

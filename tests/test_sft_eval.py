@@ -82,11 +82,13 @@ def test_eval_cli_writes_table_json_and_readable_pngs(tmp_path):
     table = (out / "eval.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| base |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    from grpo_ao.recipes.evaluate import TABLE_COLUMNS
+    from grpo_ao.recipes.eval_report import TABLE_COLUMNS
 
     shuffled = report["adapters"]["base"]["controls"]["shuffled"]
+    cf = report["adapters"]["base"]["controls"]["counterfactual"]
     numbers = {**summary, "shuffled_accuracy": shuffled["summary"]["accuracy"],
-               "accuracy_delta": shuffled["accuracy_delta"]}
+               "accuracy_delta": shuffled["accuracy_delta"], "counterfactual_accuracy": cf["summary"]["accuracy"],
+               "accuracy_delta_counterfactual": cf["accuracy_delta"]}
     assert len(cells) == len(TABLE_COLUMNS) + 1
     for (_, key), cell in zip(TABLE_COLUMNS, cells[1:]):  # the table is the JSON, rounded
         value = numbers[key]

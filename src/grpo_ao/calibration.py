@@ -134,6 +134,36 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return float((r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def auroc_within_groups(scores: Sequence[float], labels: Sequence[bool],
+                        groups: Sequence[Any]) -> tuple[float | None, int]:
+    """AUROC_within = (1/|F|) Σ_{f∈F} AUROC(scores_f, labels_f), F = the groups with both classes.  [N], [N], [N]
+    -> (scalar or None when F is empty, |F|).
+
+    The global AUROC mixes two skills: ranking items of one task (knowing WHICH answer is right) and ranking
+    tasks (knowing WHICH task it is good at). Confidence that only tracks the group — high on an easy family,
+    low on a hard one — scores a high global AUROC but 0.5 here, since within a group all its scores tie.
+
+    >>> auroc_within_groups([0.9, 0.9, 0.9, 0.2, 0.2, 0.2], [1, 1, 0, 1, 0, 0], "aaabbb")
+    (0.5, 2)
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)  # [N]
+    y = np.asarray(labels, dtype=bool).reshape(-1)  # [N]
+    g = list(groups)
+    if not s.shape == y.shape == (len(g),):
+        raise ValueError(f"scores, labels and groups differ in length: {s.shape[0]}, {y.shape[0]}, {len(g)}")
+    per_group = []
+    for group in dict.fromkeys(g):
+        mask = np.array([x == group for x in g], dtype=bool)  # [N]
+        value = auroc(s[mask], y[mask])
+        if value is not None:  # a group with one class only has no AUROC
+            per_group.append(value)
+    return (float(np.mean(per_group)) if per_group else None), len(per_group)
+
+
+TARGET_KEYS = {"informativeness": "info", "correctness": "correct"}
+"""`reward.target` -> the suffix of the summary keys against that target (`ece_info`, `ece_correct`)."""
+
+
 @dataclass(frozen=True)
 class EvalRecord:
     """One evaluated oracle answer."""
@@ -169,7 +199,7 @@ def _target_metrics(conf: np.ndarray, targets: np.ndarray, name: str) -> dict[st
             f"reliability_{name}": [asdict(b) for b in bins]}
 
 
-def _summary(recs: list[EvalRecord]) -> dict[str, Any]:
+def _summary(recs: list[EvalRecord], target: str | None) -> dict[str, Any]:
     parsed = [r for r in recs if r.parse_ok]
     conf = np.array([r.confidence / 10 for r in parsed], dtype=np.float64)  # [P], c = X/10
     out: dict[str, Any] = {
@@ -193,12 +223,16 @@ def _summary(recs: list[EvalRecord]) -> dict[str, Any]:
     out["accuracy"] = _mean(np.array(graded, dtype=np.float64))
     out.update(_target_metrics(conf_ref, correct.astype(np.float64), "correct"))
     out["auroc_correct"] = auroc(conf_ref, correct)
+    families = [r.family for r in parsed if r.correct is not None]  # [M], None is a family of its own
+    out["auroc_correct_within_family"], out["n_families_auroc"] = auroc_within_groups(conf_ref, correct, families)
     out["mean_confidence_correct"] = _mean(conf_ref[correct])
     out["mean_confidence_incorrect"] = _mean(conf_ref[~correct])
+    out["target"] = target
+    out["ece_target"] = out[f"ece_{TARGET_KEYS[target]}"] if target is not None else None
     return out
 
 
-def summarize(records: Sequence[EvalRecord | Mapping[str, Any]]) -> dict[str, Any]:
+def summarize(records: Sequence[EvalRecord | Mapping[str, Any]], target: str | None = None) -> dict[str, Any]:
     """All evaluation numbers of a list of answers, as a JSON-serialisable dict.
 
     `accuracy` = share of correct answers over ALL answers with a known `correct` (`n_graded` of them),
@@ -208,17 +242,25 @@ def summarize(records: Sequence[EvalRecord | Mapping[str, Any]]) -> dict[str, An
     `mean_confidence` (of X/10), `confidence_hist` (11 counts, X = 0..10); against informativeness
     (answers with a judge score): `mean_informativeness`, `brier_info`, `ece_info`, `mce_info`,
     `reliability_info`; against correctness (parsed answers with a known `correct`): `brier_correct`, `ece_correct`, `mce_correct`, `reliability_correct`, `auroc_correct` (confidence
-    separating correct from incorrect), `mean_confidence_correct`, `mean_confidence_incorrect`; the
+    separating correct from incorrect), `auroc_correct_within_family` (`auroc_within_groups` by task
+    family: the mean per-family AUROC over the `n_families_auroc` families with both right and wrong parsed
+    answers — whether it knows which ITEM it got right, not only which family it is good at),
+    `mean_confidence_correct`, `mean_confidence_incorrect`; `ece_target`, the ECE against the reward's own
+    `target` (`ece_info` for "informativeness", `ece_correct` for "correctness", None without a target); the
     counts `n`, `n_parsed`, `n_informativeness`, `n_correct_known` (parsed), `n_graded`; and `per_family` with the same keys
     per task family. A metric without data is None. Formulas: accuracy = (1/M) Σ y_i; Brier, ECE, MCE
     and AUROC as in `brier_score`, `expected_calibration_error`, `max_calibration_error`, `auroc`.
 
     Args:
         records: `EvalRecord`s or mappings with the same keys.
+        target: the reward's target (`reward.target`: "informativeness" or "correctness"), named in the
+            summary's `target` and picked for `ece_target`; None leaves `ece_target` None.
     """
+    if target is not None and target not in TARGET_KEYS:
+        raise ValueError(f"target must be one of {', '.join(TARGET_KEYS)} or None, got {target!r}")
     recs = [_record(r) for r in records]
-    out = _summary(recs)
+    out = _summary(recs, target)
     families = sorted({r.family for r in recs if r.family is not None})
-    out["per_family"] = {f: _summary([r for r in recs if r.family == f]) for f in families}
+    out["per_family"] = {f: _summary([r for r in recs if r.family == f], target) for f in families}
     return out
 

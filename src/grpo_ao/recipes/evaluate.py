@@ -1,22 +1,30 @@
 """Calibration evaluation: `grpo-ao eval --config CONFIG [--adapter PATH ...]`.
 
   1. Fixed eval items: every (text, question) of the eval set in file order, with a layer percent
-     and K drawn once from a seeded generator, so every adapter sees exactly the same prompts.
-  2. The shuffled control's donors (`shuffled_donors`): item i is also asked about item d(i)'s
-     activations, d(i) from another example with a different reference answer.
+     and K drawn once from a seeded generator, so every adapter sees exactly the same prompts; beside
+     them, each item's context labels (`context_labels`, the rows' optional `labels`).
+  2. The controls' donors. Shuffled (`shuffled_donors`): item i is asked about item d(i)'s activations,
+     d(i) from another example with a different reference answer. Counterfactual (`counterfactual_donors`):
+     item i is asked about the context of item c(i), whose answer to i's OWN question differs from i's
+     reference (known from the data or the labels), read at i's own layer and K; items without such a
+     donor (no labels) are left out of it.
   3. Subject activations, extracted ONCE (base model, adapter off) and kept on CPU: the subject is
-     the same for every adapter, and the control reuses them.
-  4. Per adapter, twice: the real answers (item i with its own activations) and the control (item i
-     with d(i)'s). Greedy by default; parse, judge, and grade against the reference with
+     the same for every adapter; the shuffled control reuses them, the counterfactual one adds one
+     extraction of the (donor context, layer, K) triples not extracted yet.
+  4. Per adapter, three passes: the real answers (item i with its own activations), the shuffled control
+     and the counterfactual control. Greedy by default; parse, judge, and grade against the reference with
      `grading.grade` (an answer that takes no position counts as not correct).
-  5. `calibration.summarize` of each: parse rate, accuracy, Brier / ECE / MCE / AUROC against
-     correctness and against the judge's informativeness — over parsed answers only.
-  6. Write eval.json, eval.md (the tables), the records of both passes (JSONL) and per adapter a
+  5. `calibration.summarize` of each: parse rate, accuracy, Brier / ECE / MCE / AUROC (also within
+     family) against correctness and against the judge's informativeness, ECE against `reward.target` —
+     over parsed answers only.
+  6. Write eval.json, eval.md (the tables), the records of the three passes (JSONL) and per adapter a
      reliability diagram and a confidence histogram (PNG).
 
 Accuracy above the shuffled accuracy is what the oracle read from the activations rather than guessed
-from the question. We deliberately do not re-extract activations per adapter, use random vectors as the
-control (real activations of another text keep their norm and statistics), or plot the control.
+from the question; on balanced yes/no questions a guesser and a perfect reader both score ~0.5 shuffled,
+so the counterfactual accuracy tells them apart (a reader -> 0, a guesser -> its prior). We deliberately
+do not re-extract activations per adapter, use random vectors as a control (real activations of another
+text keep their norm and statistics), or plot the controls.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import contextlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +50,7 @@ from grpo_ao.grading import grade
 from grpo_ao.judge import build_judge
 from grpo_ao.models import BUILTIN_ADAPTER, load_model, resolve_adapter
 from grpo_ao.plots import confidence_histogram, reliability_diagram
+from grpo_ao.recipes.eval_report import delta, eval_markdown, markdown_table
 from grpo_ao.recipes.setup import (
     judge_cache_path,
     oracle_spec,
@@ -54,29 +63,16 @@ from grpo_ao.reward import judge_and_reward
 from grpo_ao.rollout import OracleInputs, generate_rollouts, subject_layers
 from grpo_ao.steering import extract_in_batches
 
-TABLE_COLUMNS = [
-    ("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"), ("shuffled acc", "shuffled_accuracy"),
-    ("Δ acc", "accuracy_delta"), ("AUROC", "auroc_correct"), ("ECE (correct)", "ece_correct"),
-    ("Brier (correct)", "brier_correct"), ("ECE (info)", "ece_info"), ("conf if right", "mean_confidence_correct"),
-    ("conf if wrong", "mean_confidence_incorrect"),
-]
-"""The main table (the pipeline's final table); `shuffled_accuracy` and `accuracy_delta` come from the control."""
-MORE_COLUMNS = [
-    ("abstain rate", "abstain_rate"), ("mean info", "mean_informativeness"), ("mean conf", "mean_confidence"),
-    ("MCE (correct)", "mce_correct"), ("Brier (info)", "brier_info"), ("reward", "mean_reward"),
-]
-FAMILY_COLUMNS = [("n", "n"), ("parse rate", "parse_rate"), ("accuracy", "accuracy"),
-                  ("shuffled acc", "shuffled_accuracy"), ("Δ acc", "accuracy_delta"), ("ECE (correct)", "ece_correct"),
-                  ("AUROC", "auroc_correct")]
 NO_ADAPTER = "none"
 """Adapter spec for the bare base model (no LoRA at all)."""
 
 
-def eval_tasks(cfg: RunConfig, tokenizer: Any) -> list[Task]:
-    """Step 1: the first `eval.num_examples` (text, question) pairs, layer % and K drawn once (seeded)."""
+def eval_items(cfg: RunConfig, tokenizer: Any) -> tuple[list[Task], list[dict[str, str]]]:
+    """Step 1: the first `eval.num_examples` (text, question) pairs, layer % and K drawn once (seeded), and
+    per item its context's labels ({family: value}, empty when the row has none)."""
     data = cfg.eval.data
     rng = np.random.Generator(np.random.PCG64(data.seed))
-    tasks = []
+    tasks, labels = [], []
     for i, ex in enumerate(load_examples(data)):
         n_tokens = len(tokenizer(ex.context, add_special_tokens=False)["input_ids"])  # the context's own tokens
         for qa in ex.qas:
@@ -85,9 +81,15 @@ def eval_tasks(cfg: RunConfig, tokenizer: Any) -> list[Task]:
             layer_percent = int(data.layer_percents[int(rng.integers(len(data.layer_percents)))])
             k = int(rng.integers(data.min_positions, min(data.max_positions, n_tokens) + 1))
             tasks.append(Task(i, ex.context, qa.question, qa.reference, qa.family, layer_percent, k))
+            labels.append(ex.label_map)
     if not tasks:
         raise GrpoAoError(f"eval.data.source={data.source!r} gave no usable eval item.")
-    return tasks
+    return tasks, labels
+
+
+def eval_tasks(cfg: RunConfig, tokenizer: Any) -> list[Task]:
+    """Step 1's items alone (`eval_items` without the labels)."""
+    return eval_items(cfg, tokenizer)[0]
 
 
 def shuffled_donors(tasks: Sequence[Task], seed: int) -> list[int]:
@@ -96,29 +98,70 @@ def shuffled_donors(tasks: Sequence[Task], seed: int) -> list[int]:
                                     [(t.layer_percent, t.num_positions) for t in tasks], seed)
 
 
+def counterfactual_donors(tasks: Sequence[Task], labels: Sequence[dict[str, str]], seed: int) -> list[int | None]:
+    """Step 2: the counterfactual donor c(i) per item (`controls.counterfactual_donors`, shared with ao-sft):
+    an item whose context answers i's question differently; None where none is known."""
+    return controls.counterfactual_donors([t.example_index for t in tasks], [t.question for t in tasks],
+                                          [t.reference for t in tasks], [t.family for t in tasks], labels,
+                                          [(t.layer_percent, t.num_positions) for t in tasks], seed)
+
+
 def subject_activations(cfg: RunConfig, model: Any, tokenizer: Any, tasks: Sequence[Task],
-                        layers: Sequence[int]) -> list[torch.Tensor]:
+                        layers: Sequence[int], cache: dict | None = None) -> list[torch.Tensor]:
     """Step 3: each item's subject activations [K_i, hidden] on CPU, one extraction per distinct
-    (context, layer, K), `eval.batch_size` contexts per forward (adapter off, eval, no grad)."""
-    keys = list(dict.fromkeys((t.context, layer, t.num_positions) for t, layer in zip(tasks, layers, strict=True)))
-    vectors = extract_in_batches(model, tokenizer, [c for c, _, _ in keys], [layer for _, layer, _ in keys],
-                                 [k for _, _, k in keys], cfg.eval.data.context_format, cfg.eval.batch_size)
-    cache = dict(zip(keys, vectors, strict=True))
-    return [cache[(t.context, layer, t.num_positions)] for t, layer in zip(tasks, layers, strict=True)]
+    (context, layer, K) not yet in `cache` (filled in place), `eval.batch_size` contexts per forward
+    (adapter off, eval, no grad)."""
+    cache = {} if cache is None else cache
+    wanted = [(t.context, layer, t.num_positions) for t, layer in zip(tasks, layers, strict=True)]
+    keys = [key for key in dict.fromkeys(wanted) if key not in cache]
+    if keys:
+        vectors = extract_in_batches(model, tokenizer, [c for c, _, _ in keys], [layer for _, layer, _ in keys],
+                                     [k for _, _, k in keys], cfg.eval.data.context_format, cfg.eval.batch_size)
+        cache.update(zip(keys, vectors, strict=True))
+    return [cache[key] for key in wanted]
 
 
-def oracle_inputs(cfg: RunConfig, tokenizer: Any, tasks: Sequence[Task], layers: Sequence[int],
-                  activations: Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]]) -> OracleInputs:
-    """Item i's question about donor d's activations, rendered for d's layer and K, per (i, d) pair.
+@dataclass(frozen=True)
+class Shown:
+    """What the oracle is shown in each slot: the layer (percent and index), K and the vectors [K, hidden]."""
 
-    The real answers use d = i. Placeholders are found by token id (`render_oracle_prompt`).
+    layer_percents: list[int]
+    ks: list[int]
+    layers: list[int]
+    vectors: list[torch.Tensor]
+
+
+def shown_of(tasks: Sequence[Task], layers: Sequence[int], vectors: Sequence[torch.Tensor]) -> Shown:
+    """Slot j shows tasks[j]'s layer percent and K, subject layer layers[j] and vectors[j]."""
+    return Shown([t.layer_percent for t in tasks], [t.num_positions for t in tasks], list(layers), list(vectors))
+
+
+def counterfactual_slots(cfg: RunConfig, model: Any, tokenizer: Any, tasks: Sequence[Task], layers: Sequence[int],
+                         donors: Sequence[int | None], cache: dict) -> tuple[list[int], Shown]:
+    """Step 3 for the counterfactual control: the items with a donor, and per one the donor's CONTEXT read at
+    the item's own layer and K (K capped to the donor context's tokens where it is shorter), extracted in
+    one batched pass over the (context, layer, K) triples not in `cache`."""
+    items = [i for i, c in enumerate(donors) if c is not None]
+    n_tokens = {ctx: len(tokenizer(ctx, add_special_tokens=False)["input_ids"])
+                for ctx in {tasks[donors[i]].context for i in items}}
+    reads = [replace(tasks[i], context=tasks[donors[i]].context,
+                     num_positions=min(tasks[i].num_positions, n_tokens[tasks[donors[i]].context])) for i in items]
+    read_layers = [layers[i] for i in items]
+    return items, shown_of(reads, read_layers, subject_activations(cfg, model, tokenizer, reads, read_layers, cache))
+
+
+def oracle_inputs(cfg: RunConfig, tokenizer: Any, tasks: Sequence[Task], shown: Shown,
+                  pairs: Sequence[tuple[int, int, int]]) -> OracleInputs:
+    """Item i's question about slot s's vectors, rendered for s's layer and K, per (i, s, donor) triple.
+
+    The real answers use s = i. Placeholders are found by token id (`render_oracle_prompt`).
     """
     spec = oracle_spec(cfg, cfg.eval.data)
-    prompts = [render_oracle_prompt(tokenizer, tasks[i].question, layers[d], tasks[d].num_positions,
-                                    spec.system_prompt, mode=spec.mode) for i, d in pairs]
+    prompts = [render_oracle_prompt(tokenizer, tasks[i].question, shown.layers[s], shown.ks[s],
+                                    spec.system_prompt, mode=spec.mode) for i, s, _ in pairs]
     prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
-    return OracleInputs(prompt_ids, prompt_mask, positions, [activations[d] for _, d in pairs],
-                        [layers[d] for _, d in pairs])
+    return OracleInputs(prompt_ids, prompt_mask, positions, [shown.vectors[s] for _, s, _ in pairs],
+                        [shown.layers[s] for _, s, _ in pairs])
 
 
 def grade_fields(question: str, reference: str | None, answer: str, parse_ok: bool) -> dict[str, Any]:
@@ -133,27 +176,28 @@ def grade_fields(question: str, reference: str | None, answer: str, parse_ok: bo
             "abstained": g.correct is None if known else None, "grade_reason": g.reason}
 
 
-def answer_and_score(cfg: RunConfig, model: Any, tokenizer: Any, tasks: Sequence[Task], layers: Sequence[int],
-                     activations: Sequence[torch.Tensor], donors: Sequence[int], judge: Any, desc: str) -> list[dict]:
-    """Step 4: one record per item i answered with donor d = donors[i]'s activations (parse, judge, grade,
-    reward); `layer_percent` and `k` are the ones the prompt showed (the donor's)."""
+def answer_and_score(cfg: RunConfig, model: Any, tokenizer: Any, tasks: Sequence[Task], shown: Shown,
+                     triples: Sequence[tuple[int, int, int]], judge: Any, desc: str) -> list[dict]:
+    """Step 4: one record per (item i, slot s, donor d): i's question answered with slot s's vectors (parse,
+    judge against i's own context and reference, grade, reward); `layer_percent` and `k` are the ones the
+    prompt showed (slot s's), `donor` the item whose context gave the vectors."""
     sampling = replace(cfg.sampling, num_generations=1, max_new_tokens=cfg.eval.max_new_tokens, greedy=cfg.eval.greedy)
     records = []
-    bar = progress_bar(len(tasks), f"eval {desc}", cfg.logging.progress)
-    for start in range(0, len(tasks), cfg.eval.batch_size):
-        pairs = [(i, donors[i]) for i in range(start, min(start + cfg.eval.batch_size, len(tasks)))]
-        inputs = oracle_inputs(cfg, tokenizer, tasks, layers, activations, pairs)
+    bar = progress_bar(len(triples), f"eval {desc}", cfg.logging.progress)
+    for start in range(0, len(triples), cfg.eval.batch_size):
+        pairs = triples[start:start + cfg.eval.batch_size]
+        inputs = oracle_inputs(cfg, tokenizer, tasks, shown, pairs)
         texts = generate_rollouts(model, tokenizer, inputs, sampling, spec=oracle_spec(cfg, cfg.eval.data)).texts
         parsed = [parse_epistemic_status(t) for t in texts]
         # as in training, each answer a group of one
-        judged, rewards = judge_and_reward(judge, [tasks[i] for i, _ in pairs], parsed, 1, cfg.reward,
+        judged, rewards = judge_and_reward(judge, [tasks[i] for i, _, _ in pairs], parsed, 1, cfg.reward,
                                            cfg.judge.score_parse_failures)
-        for (i, d), text, p, j, bd in zip(pairs, texts, parsed, judged, rewards, strict=True):
+        for (i, s, d), text, p, j, bd in zip(pairs, texts, parsed, judged, rewards, strict=True):
             t = tasks[i]
             reward = bd.total
             records.append({"item": i, "donor": d, "family": t.family, "question": t.question,
-                            "reference": t.reference, "layer_percent": tasks[d].layer_percent,
-                            "k": tasks[d].num_positions, "completion": text, "parse_ok": p.ok,
+                            "reference": t.reference, "layer_percent": shown.layer_percents[s],
+                            "k": shown.ks[s], "completion": text, "parse_ok": p.ok,
                             "confidence": p.confidence, "answer": p.answer, "informativeness": j.informativeness,
                             **grade_fields(t.question, t.reference, p.answer, p.ok), "reward": reward})
         bar.update(len(pairs))
@@ -161,10 +205,10 @@ def answer_and_score(cfg: RunConfig, model: Any, tokenizer: Any, tasks: Sequence
     return records
 
 
-def summary_of(records: Sequence[dict]) -> dict[str, Any]:
-    """Step 5: `calibration.summarize` plus `mean_reward` and `abstain_rate` (parsed answers with a
-    reference that take no position, over parsed answers with a reference)."""
-    summary = summarize(records)
+def summary_of(records: Sequence[dict], target: str | None) -> dict[str, Any]:
+    """Step 5: `calibration.summarize` (ECE against `target`, the reward's) plus `mean_reward` and
+    `abstain_rate` (parsed answers with a reference that take no position, over parsed answers with a reference)."""
+    summary = summarize(records, target)
     rewards = [r["reward"] for r in records if r["reward"] is not None]
     summary["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
     graded = [r["abstained"] for r in records if r["parse_ok"] and r["reference"] is not None]
@@ -172,63 +216,36 @@ def summary_of(records: Sequence[dict]) -> dict[str, Any]:
     return summary
 
 
-def _delta(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
+def _write_records(path: Path, rows: Sequence[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path.name
 
 
-def adapter_result(run_dir: Path, label: str, adapter: str | None, records: list[dict],
-                   control: list[dict]) -> dict[str, Any]:
-    """Steps 5–6 for one adapter: summaries, the records files and the two plots."""
-    summary, shuffled = summary_of(records), summary_of(control)
-    target = "correct" if summary.get("reliability_correct") and summary.get("n_correct_known") else "info"
-    about = "correctness" if target == "correct" else "judge informativeness"
-    plots = {"reliability": str(reliability_diagram(summary[f"reliability_{target}"],
-                                                    f"{label}: reliability vs {about}",
+def adapter_result(run_dir: Path, label: str, adapter: str | None, records: list[dict], control: list[dict],
+                   counterfactual: list[dict], target: str | None) -> dict[str, Any]:
+    """Steps 5–6 for one adapter: summaries, the records files and the two plots. `counterfactual` holds
+    only the items with a counterfactual donor; `n_without_donor` counts the others."""
+    summary, shuffled, cf = (summary_of(rows, target) for rows in (records, control, counterfactual))
+    about = "correct" if summary.get("reliability_correct") and summary.get("n_correct_known") else "info"
+    title = f"{label}: reliability vs {'correctness' if about == 'correct' else 'judge informativeness'}"
+    plots = {"reliability": str(reliability_diagram(summary[f"reliability_{about}"], title,
                                                     run_dir / f"reliability_{label}.png")),
              "confidence_hist": str(confidence_histogram(summary["confidence_hist"], f"{label}: stated confidence X",
                                                          run_dir / f"confidence_{label}.png"))}
-    files = {"records": f"eval_records_{label}.jsonl", "shuffled": f"eval_records_{label}_shuffled.jsonl"}
-    for name, rows in (("records", records), ("shuffled", control)):
-        (run_dir / files[name]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = {name: _write_records(run_dir / f"eval_records_{label}{suffix}.jsonl", rows) for name, suffix, rows in
+             (("records", "", records), ("shuffled", "_shuffled", control),
+              ("counterfactual", "_counterfactual", counterfactual))}
     same = sum(r["layer_percent"] == records[r["item"]]["layer_percent"] and r["k"] == records[r["item"]]["k"]
                for r in control)
     return {"adapter": adapter, "summary": summary, "plots": plots, "records": files["records"],
             "controls": {"shuffled": {"summary": shuffled, "records": files["shuffled"],
-                                      "accuracy_delta": _delta(summary["accuracy"], shuffled["accuracy"]),
-                                      "same_prompt_fraction": same / len(control)}}}
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    return str(value) if isinstance(value, int) else f"{value:.3f}"
-
-
-def _with_control(summary: dict, shuffled: dict) -> dict:
-    return {**summary, "shuffled_accuracy": shuffled["accuracy"],
-            "accuracy_delta": _delta(summary["accuracy"], shuffled["accuracy"])}
-
-
-def _table(keys: Sequence[str], columns: Sequence[tuple[str, str]], rows: Sequence[tuple[list[str], dict]]) -> str:
-    lines = ["| " + " | ".join([*keys, *(c for c, _ in columns)]) + " |", "|---" * (len(keys) + len(columns)) + "|"]
-    return "\n".join(lines + ["| " + " | ".join([*names, *(_fmt(row.get(k)) for _, k in columns)]) + " |"
-                              for names, row in rows])
-
-
-def markdown_table(results: dict[str, dict], columns: Sequence[tuple[str, str]] = TABLE_COLUMNS) -> str:
-    """One row per adapter, formatted from the eval.json numbers (3 decimals); Δ acc = accuracy − shuffled acc."""
-    return _table(["adapter"], columns, [([label], _with_control(r["summary"], r["controls"]["shuffled"]["summary"]))
-                                         for label, r in results.items()])
-
-
-def family_table(results: dict[str, dict]) -> str:
-    """Adapter × task family: accuracy, shuffled accuracy and their difference, calibration."""
-    rows = []
-    for label, r in results.items():
-        control = r["controls"]["shuffled"]["summary"]["per_family"]
-        rows += [([label, family], _with_control(fs, control.get(family, {"accuracy": None})))
-                 for family, fs in sorted(r["summary"]["per_family"].items())]
-    return _table(["adapter", "family"], FAMILY_COLUMNS, rows)
+                                      "accuracy_delta": delta(summary["accuracy"], shuffled["accuracy"]),
+                                      "same_prompt_fraction": same / len(control)},
+                         "counterfactual": {"summary": cf, "records": files["counterfactual"],
+                                            "accuracy_delta": delta(summary["accuracy"], cf["accuracy"]),
+                                            "n_without_donor": len(records) - len(counterfactual),
+                                            "k_capped": sum(r["k"] != records[r["item"]]["k"]
+                                                            for r in counterfactual)}}}
 
 
 def default_label(path: str) -> str:
@@ -290,38 +307,38 @@ def oracle_with(base: Any, state: dict, label: str, adapter: str | None):
 
 
 def run(cfg: RunConfig, adapters: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate each adapter and its shuffled control on the same items; write eval.json, eval.md,
+    """Evaluate each adapter and its two controls on the same items; write eval.json, eval.md,
     records and PNGs to the run directory."""
     run_dir = start_run(cfg, "eval")
     seed_everything(cfg.seed)
     to_evaluate = parse_adapters(cfg, adapters)
     base, tokenizer = load_model(cfg.model)
-    tasks = eval_tasks(cfg, tokenizer)  # 1.
+    tasks, labels = eval_items(cfg, tokenizer)  # 1.
     donors = shuffled_donors(tasks, cfg.eval.data.seed)  # 2.
+    cf_donors = counterfactual_donors(tasks, labels, cfg.eval.data.seed)
     layers = subject_layers(base, tasks)
-    activations = subject_activations(cfg, base, tokenizer, tasks, layers)  # 3. before any adapter wraps `base`
+    cache: dict = {}  # 3. before any adapter wraps `base`
+    real = shown_of(tasks, layers, subject_activations(cfg, base, tokenizer, tasks, layers, cache))
+    cf_items, cf_shown = counterfactual_slots(cfg, base, tokenizer, tasks, layers, cf_donors, cache)
+    passes = {"real": [(i, i, i) for i in range(len(tasks))], "shuffled": [(i, d, d) for i, d in enumerate(donors)],
+              "counterfactual": [(i, m, cf_donors[i]) for m, i in enumerate(cf_items)]}
     judge = build_judge(cfg.judge, cache_path=judge_cache_path(cfg))
     results: dict[str, dict] = {}
     state: dict[str, Any] = {}
     for label, adapter in to_evaluate:
         with oracle_with(base, state, label, adapter) as model:  # 4.
-            records = answer_and_score(cfg, model, tokenizer, tasks, layers, activations, range(len(tasks)), judge,
-                                       label)
-            control = answer_and_score(cfg, model, tokenizer, tasks, layers, activations, donors, judge,
+            records = answer_and_score(cfg, model, tokenizer, tasks, real, passes["real"], judge, label)
+            control = answer_and_score(cfg, model, tokenizer, tasks, real, passes["shuffled"], judge,
                                        f"{label} shuffled")
-        results[label] = adapter_result(run_dir, label, adapter, records, control)  # 5.–6.
-    table = markdown_table(results)
+            cf = answer_and_score(cfg, model, tokenizer, tasks, cf_shown, passes["counterfactual"], judge,
+                                  f"{label} counterfactual")
+        for r in cf:
+            r["donor_context"] = tasks[r["donor"]].context
+        results[label] = adapter_result(run_dir, label, adapter, records, control, cf, cfg.reward.target)  # 5.–6.
     report = {"num_items": len(tasks), "eval_source": cfg.eval.data.source, "greedy": cfg.eval.greedy,
-              "judge": cfg.judge.kind, "adapters": results}
+              "judge": cfg.judge.kind, "reward_target": cfg.reward.target, "adapters": results}
     write_json(run_dir / "eval.json", report)
-    (run_dir / "eval.md").write_text(
-        f"# Calibration evaluation ({len(tasks)} items, judge {cfg.judge.kind})\n\n"
-        "conf = X/10; accuracy, Brier/ECE/MCE/AUROC over parsed answers only; parse failures count only in the "
-        "parse rate. An answer that takes no position is not correct. shuffled acc: the same questions asked about "
-        "another example's activations (a different reference answer; same layer and K where possible); "
-        f"Δ acc = accuracy − shuffled acc, what was read from the activations.\n\n{table}\n\n"
-        f"## More numbers\n\n{markdown_table(results, MORE_COLUMNS)}\n\n"
-        f"## Per task family\n\n{family_table(results)}\n")
-    print(table)
+    (run_dir / "eval.md").write_text(eval_markdown(report))
+    print(markdown_table(results))
     print(f"Wrote {run_dir / 'eval.md'}, eval.json and {2 * len(results)} plots.")
     return report

@@ -7,7 +7,9 @@ With no config it runs the embedded default `smollm2` (real SmolLM2-135M-Instruc
   2. sft    → runs/<name>/sft    (format SFT: the epistemic-status format, from the AO adapter)
   3. grpo   → runs/<name>/grpo   (Dr. GRPO, from the previous stage's adapter)
   4. eval   → runs/<name>/eval   (start = the bare model / ao / sft / grpo in one table, each with its
-                                  shuffled-activation control)
+                                  shuffled and counterfactual activation controls; the final table
+                                  shows, per stage, accuracy beside both controls, AUROC, within-family
+                                  AUROC and ECE against the reward's target)
 
 A config whose starting adapter is already a format-trained oracle (qwen3-8b: the published format-SFT
 adapter) lists only `grpo, eval`; format SFT runs only when the stages say so.
@@ -38,7 +40,7 @@ def _stage(cfg: RunConfig, name: str, **model_changes: Any) -> RunConfig:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    from grpo_ao.recipes import ao_sft, evaluate, grpo, sft
+    from grpo_ao.recipes import ao_sft, eval_report, evaluate, grpo, sft
 
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
@@ -69,10 +71,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if "eval" in cfg.stages:  # 4.
         print("\n── evaluation")
         report = evaluate.run(_stage(cfg, "eval"), adapters=adapters)
-        summary["eval"] = {label: {**r["summary"], "shuffled": r["controls"]["shuffled"]["summary"],
-                                   "accuracy_delta": r["controls"]["shuffled"]["accuracy_delta"]}
-                           for label, r in report["adapters"].items()}
+        summary["eval"] = {label: eval_report.result_row(r) | {
+            "shuffled": r["controls"]["shuffled"]["summary"],
+            "counterfactual": r["controls"]["counterfactual"]["summary"],
+            "counterfactual_without_donor": r["controls"]["counterfactual"]["n_without_donor"]}
+            for label, r in report["adapters"].items()}
     summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
     write_json(run_dir / "summary.json", summary)
+    if "eval" in cfg.stages:  # the final table: per stage, accuracy beside both controls, AUROC, ECE vs target
+        print(f"\nPer stage (ECE against reward.target={cfg.reward.target}; counterf. = a context that answers "
+              f"the question differently):\n{eval_report.markdown_table(report['adapters'], eval_report.RUN_COLUMNS)}")
     print(f"\nDone in {summary['wall_time_s']} s. Run directory: {run_dir}/ (summary.json, one folder per stage, eval/eval.md)")
     return summary
