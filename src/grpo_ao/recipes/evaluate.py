@@ -6,8 +6,8 @@
      activations, d(i) from another example with a different reference answer.
   3. Subject activations, extracted ONCE (base model, adapter off) and kept on CPU: the subject is
      the same for every adapter, and the control reuses them.
-  4. Per adapter, twice: the real answers (item i with its own activations) and the control (item i
-     with d(i)'s). Greedy by default; parse, judge, and grade against the reference with
+  4. Per adapter, in the prompt layout it was trained in (`adapter_cfg`), twice: the real answers (item i
+     with its own activations) and the control (item i with d(i)'s). Greedy by default; parse, judge, and grade against the reference with
      `grading.grade` (an answer that takes no position counts as not correct).
   5. `calibration.summarize` of each: parse rate, accuracy, Brier / ECE / MCE / AUROC against
      correctness and against the judge's informativeness — over parsed answers only.
@@ -25,7 +25,7 @@ import contextlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from grpo_ao.grading import grade
 from grpo_ao.judge import build_judge
 from grpo_ao.models import BUILTIN_ADAPTER, load_model, resolve_adapter
 from grpo_ao.plots import confidence_histogram, reliability_diagram
+from grpo_ao.recipes.adapters import cfg_for_adapter
 from grpo_ao.recipes.setup import (
     judge_cache_path,
     oracle_spec,
@@ -289,6 +290,13 @@ def oracle_with(base: Any, state: dict, label: str, adapter: str | None):
     yield state["peft"]
 
 
+def adapter_cfg(cfg: RunConfig, label: str, adapter: str | None) -> RunConfig:
+    """The config `adapter` is asked with: its own prompt layout when its grpo_ao_oracle.json records one (an AO
+    adapter trained without a system prompt is asked without one), else `cfg` (`recipes.adapters.cfg_for_adapter`,
+    `oracle.layout_from_adapter`). The bare model (None) gets the config's layout."""
+    return cfg_for_adapter(cfg, adapter, cfg.eval.data, label) if adapter is not None else cfg
+
+
 def run(cfg: RunConfig, adapters: list[str] | None = None) -> dict[str, Any]:
     """Evaluate each adapter and its shuffled control on the same items; write eval.json, eval.md,
     records and PNGs to the run directory."""
@@ -304,12 +312,14 @@ def run(cfg: RunConfig, adapters: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, dict] = {}
     state: dict[str, Any] = {}
     for label, adapter in to_evaluate:
+        asked = adapter_cfg(cfg, label, adapter)
         with oracle_with(base, state, label, adapter) as model:  # 4.
-            records = answer_and_score(cfg, model, tokenizer, tasks, layers, activations, range(len(tasks)), judge,
+            records = answer_and_score(asked, model, tokenizer, tasks, layers, activations, range(len(tasks)), judge,
                                        label)
-            control = answer_and_score(cfg, model, tokenizer, tasks, layers, activations, donors, judge,
+            control = answer_and_score(asked, model, tokenizer, tasks, layers, activations, donors, judge,
                                        f"{label} shuffled")
         results[label] = adapter_result(run_dir, label, adapter, records, control)  # 5.–6.
+        results[label]["layout"] = asdict(oracle_spec(asked, cfg.eval.data))
     table = markdown_table(results)
     report = {"num_items": len(tasks), "eval_source": cfg.eval.data.source, "greedy": cfg.eval.greedy,
               "judge": cfg.judge.kind, "adapters": results}
