@@ -55,7 +55,8 @@ def test_eval_and_observe_ask_an_adapter_in_the_layout_its_file_records(tmp_path
     asked = adapters.cfg_for_adapter(cfg, ao, label="ao")
     spec = oracle_spec(asked)
     assert (spec.system_prompt, spec.mode) == (None, "none")
-    assert "Asking adapter 'ao' in the layout it was trained in (system_prompt_mode: adapter 'none'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Asking adapter 'ao' in the layout it was trained in (system_prompt_mode: adapter 'none'" in out
     same = _adapter_dir(tmp_path, adapters.written_layout(cfg, "sft"), "same")
     assert adapters.cfg_for_adapter(cfg, same) is cfg
     forced = replace(cfg, oracle=replace(cfg.oracle, layout_from_adapter=False))
@@ -124,3 +125,10 @@ def test_each_training_stage_attaches_the_layout_it_trains_in(monkeypatch, tmp_p
             recipe.run(cfg)
         assert seen["layout"] == adapters.written_layout(cfg, recipe.__name__.rsplit(".", 1)[1])
         assert seen["layout"].system_prompt_mode == "merged"
+
+
+def test_ao_sft_straight_into_grpo_with_a_system_prompt_is_refused_at_load():
+    with pytest.raises(GrpoAoError, match="Add sft between them"):
+        load_config("tiny", ["stages=[ao_sft, grpo, eval]"])
+    assert load_config("tiny", ["stages=[ao_sft, grpo, eval]", "oracle.system_prompt_mode=none"]).stages
+    assert load_config("tiny", ["stages=[ao_sft, sft, grpo, eval]"]).stages

@@ -12,7 +12,6 @@ import pytest
 from grpo_ao import cli
 from grpo_ao.config import AoSftConfig, load_config
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.oracle_layout import read_layout
 from grpo_ao.recipes import ao_sft, pipeline, sft
 
 
@@ -83,6 +82,7 @@ def test_full_pipeline_with_a_starting_adapter_evaluates_every_stage_and_pushes_
     import torch
 
     from grpo_ao import checkpoint
+    from grpo_ao.oracle_layout import read_layout
 
     fresh = []
     real_load = ao_sft.load_oracle

@@ -346,6 +346,12 @@ class RunConfig:
         require(list(self.stages) == in_order,
                f"stages={list(self.stages)} must list each stage once, in the order {', '.join(STAGES)}; "
                f"use {in_order}.")
+        require("sft" in self.stages or not {"ao_sft", "grpo"} <= set(self.stages) or self.oracle.prompt_text is None
+                or not self.oracle.layout_from_adapter,
+               f"stages={list(self.stages)}: ao_sft writes a base oracle (trained without a system prompt), and grpo "
+               "would then train it in oracle.*'s layout with a system prompt, which it was not trained in. Add sft "
+               "between them (format SFT moves it to oracle.*'s layout), set oracle.system_prompt_mode=none, or "
+               "oracle.layout_from_adapter=false to train it with the system prompt anyway.")
         require(not self.sampling.greedy, "sampling.greedy=true would make the G rollouts of a prompt identical "
                "(no reward spread, no gradient); GRPO needs sampling. Use eval.greedy for greedy evaluation.")
         require(self.sampling.num_generations >= 2,

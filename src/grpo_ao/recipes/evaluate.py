@@ -7,8 +7,8 @@
   3. Subject activations, extracted ONCE (base model, adapter off) and kept on CPU: the subject is
      the same for every adapter, and the control reuses them.
   4. Per adapter, in the prompt layout it was trained in (`adapter_cfg`), twice: the real answers (item i
-     with its own activations) and the control (item i with d(i)'s). Greedy by default; parse, judge, and grade against the reference with
-     `grading.grade` (an answer that takes no position counts as not correct).
+     with its own activations) and the control (item i with d(i)'s). Greedy by default; parse, judge, and
+     grade against the reference with `grading.grade` (an answer that takes no position counts as not correct).
   5. `calibration.summarize` of each: parse rate, accuracy, Brier / ECE / MCE / AUROC against
      correctness and against the judge's informativeness — over parsed answers only.
   6. Write eval.json, eval.md (the tables), the records of both passes (JSONL) and per adapter a
