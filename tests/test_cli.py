@@ -14,7 +14,7 @@ from grpo_ao.cli import main
 from grpo_ao.config import load_config, shipped_configs
 
 GRPO_AO = Path(sys.executable).with_name("grpo-ao")
-COMMANDS = ("run", "grpo", "ao-sft", "sft", "observe", "eval", "bench", "doctor", "config")
+COMMANDS = ("run", "grpo", "ao-sft", "sft", "observe", "eval", "bench", "push", "doctor", "config")
 
 
 def _cli(*args, cwd=None):
@@ -185,7 +185,7 @@ def test_config_reference_doc_is_current_and_documents_every_field():
     hints = typing.get_type_hints(RunConfig)
     expected = sum(len(dataclasses.fields(hints[f.name])) if dataclasses.is_dataclass(hints[f.name]) else 1
                    for f in dataclasses.fields(RunConfig))
-    assert len(rows) == expected == 123
+    assert len(rows) == expected == 128
     assert all(not row.rstrip().endswith("|  |") for row in rows), "every field needs a docstring"
 
 

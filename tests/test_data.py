@@ -21,7 +21,6 @@ from grpo_ao.data import (
 from grpo_ao.errors import GrpoAoError
 
 
-
 def write_jsonl(path: Path, lines: list[str | dict]) -> Path:
     path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
     return path

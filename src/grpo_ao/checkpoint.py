@@ -4,6 +4,7 @@ Layout of one checkpoint, `run_dir/checkpoints/step-000120/`:
 
     adapter/adapter_model.safetensors   the LoRA weights (plain `PeftModel.from_pretrained` loads it)
     adapter/adapter_config.json
+    adapter/grpo_ao_oracle.json         the layout it was trained in (`oracle_layout`), when the model carries one
     optimizer.pt  scheduler.pt          state dicts
     rng.pt                              python `random`, numpy, torch CPU and CUDA generator states
     rng-rank1.pt ...                    the same for ranks 1.. of a data-parallel run
@@ -34,6 +35,7 @@ import torch
 
 from grpo_ao.distributed import barrier, check_replicas_agree, gather_objects, place
 from grpo_ao.errors import GrpoAoError
+from grpo_ao.oracle_layout import attached_layout, write_layout
 
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
@@ -194,8 +196,12 @@ def push_to_hub(adapter_dir: Path, repo_id: str, private: bool = True) -> str:
 
 
 def _save_adapter(model: Any, directory: Path, adapter_name: str) -> None:
-    """peft's own format; adapters other than "default" land in a sub-directory named after them."""
+    """peft's own format; adapters other than "default" land in a sub-directory named after them. The layout
+    attached to `model` (`oracle_layout.attach_layout`) is written beside adapter_config.json."""
     model.save_pretrained(str(directory), selected_adapters=[adapter_name])
+    layout = attached_layout(model)
+    if layout is not None:
+        write_layout(layout, directory if adapter_name == "default" else directory / adapter_name)
 
 
 def _load_adapter(model: Any, directory: Path, adapter_name: str) -> None:

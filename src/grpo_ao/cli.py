@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported)")
     p.add_argument("--engines", default="hf", help="our step with these rollout engines, comma-separated: hf, vllm "
                    "(vllm needs scripts/install_vllm.sh)")
+    p = sub.add_parser("push", help="push an adapter directory to a Hugging Face Hub repo (retry of a failed push)")
+    p.add_argument("adapter", help="adapter directory (holds adapter_config.json and grpo_ao_oracle.json)")
+    p.add_argument("repo", help="hub repo id, org/name")
+    p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
     p = sub.add_parser("doctor", help="is this machine ready? versions, GPUs, memory, disk, keys, endpoints")
     p.add_argument("--config", help="also check what this config needs (shipped name or YAML path)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -106,21 +110,21 @@ def dispatch(args: argparse.Namespace) -> int:
         if not args.config:
             args.config = pipeline.default_config()
         pipeline.run(_load(args))
-    elif args.command == "grpo":
-        from grpo_ao.distributed import print0
-        from grpo_ao.recipes import grpo
+    elif args.command in ("grpo", "ao-sft", "sft"):  # a training stage; its adapter is pushed last
+        from grpo_ao.recipes import adapters, ao_sft, grpo, sft
 
-        summary = grpo.run(_load(args), resume=args.resume)
-        print0(f"GRPO done: reward first 20% {summary['reward_first_20pct']}, last 20% "
-              f"{summary['reward_last_20pct']}; adapter {summary['adapter']}")
-    elif args.command == "ao-sft":
-        from grpo_ao.recipes import ao_sft
+        cfg, stage = _load(args), args.command.replace("-", "_")
+        summary = {"grpo": grpo, "ao_sft": ao_sft, "sft": sft}[stage].run(cfg, resume=args.resume)
+        if stage == "grpo":
+            from grpo_ao.distributed import print0
 
-        ao_sft.run(_load(args), resume=args.resume)
-    elif args.command == "sft":
-        from grpo_ao.recipes import sft
+            print0(f"GRPO done: reward first 20% {summary['reward_first_20pct']}, last 20% "
+                   f"{summary['reward_last_20pct']}; adapter {summary['adapter']}")
+        adapters.push_adapters(cfg, {stage: summary["adapter"]})
+    elif args.command == "push":
+        from grpo_ao.checkpoint import push_to_hub
 
-        sft.run(_load(args), resume=args.resume)
+        print(f"Pushed {args.adapter} to {push_to_hub(args.adapter, args.repo, private=not args.public)}")
     elif args.command == "observe":
         from grpo_ao.recipes import observe
 
@@ -155,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     try:
+        from grpo_ao.envfile import load_env_file
+
+        load_env_file()  # ./.env for every command (WANDB_API_KEY, HF_TOKEN, the judge's key); exported ones win
         return dispatch(args)
     except GrpoAoError as e:
         print(f"grpo-ao: error: {e}", file=sys.stderr)

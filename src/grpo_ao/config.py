@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import re
 import types
 import typing
 import warnings
@@ -34,6 +35,7 @@ from grpo_ao.rollout import SamplingConfig
 STAGES = ("ao_sft", "sft", "grpo", "eval")
 """The stages `grpo-ao run` knows, in the only order it runs them."""
 ADVANTAGE_ROUTINGS = ("sequence", "split")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,16 @@ class OracleConfig:
     """Oracle decoder block whose output receives the activations."""
     steering_coef: float = 1.0
     """c in h' = h + c·||h||·v/||v||."""
+    layout_from_adapter: bool = True
+    """What an adapter's own layout file (grpo_ao_oracle.json beside adapter_config.json, written by every
+    grpo-ao stage) decides. true: `eval` and `observe` ask each adapter in the prompt layout its file records
+    (system prompt mode and text, injection layer, steering coefficient) and print where that differs from
+    oracle.*; `sft` generates its natural answers in the starting adapter's layout and stops with an error when
+    its injection layer or coefficient differ from oracle.*; `grpo` stops with an error when any of the four
+    differ. false: every stage uses oracle.* for every adapter and prints the differences. Layer percents, K
+    range, context format and base model always come from the data and model config (a difference is a printed
+    warning, never an error). An adapter without the file (e.g. a hub adapter grpo-ao did not write) uses
+    oracle.*."""
 
     def __post_init__(self) -> None:
         require(self.system_prompt_mode in SYSTEM_PROMPT_MODES,
@@ -126,7 +138,7 @@ class GrpoConfig:
                f"grpo.epsilon_high={self.epsilon_high} must be a finite number > 0, or null (= epsilon).")
         require(self.max_judge_outage_steps >= 0,
                f"grpo.max_judge_outage_steps={self.max_judge_outage_steps} must be >= 0 (0 = never stop).")
-        require(self.lr_schedule in ("constant", "linear", "cosine"),
+        require(self.lr_schedule in LR_SCHEDULES,
                f"grpo.lr_schedule={self.lr_schedule!r}; use constant, linear or cosine.")
         require(self.loss_type in ("dr_grpo", "grpo", "dapo"),
                f"grpo.loss_type={self.loss_type!r}; use dr_grpo, grpo or dapo.")
@@ -159,14 +171,23 @@ class AoSftConfig:
     """Passes over the training items."""
     batch_size: int = 16
     """Sequences per optimizer step."""
-    lr: float = 1e-3
-    """AdamW learning rate."""
-    warmup_steps: int = 10
-    """Linear warm-up steps."""
+    lr: float = 1e-5
+    """AdamW learning rate. The default is the Activation Oracles recipe's for LoRA r=64/α=128 on every linear
+    layer (with batch 16, 10 % warm-up and linear decay); a small LoRA on a small model needs far more (the tiny
+    and smollm2 configs use 1e-3)."""
+    lr_schedule: str = "linear"
+    """constant | linear | cosine: the decay after the warm-up (the recipe: linear, to 0 at the last step)."""
+    warmup_steps: int | None = None
+    """Linear warm-up steps; null = ao_sft.warmup_fraction of the run's optimizer steps."""
+    warmup_fraction: float = 0.1
+    """Share of the optimizer steps spent in linear warm-up when ao_sft.warmup_steps is null (rounded to whole
+    steps; the recipe: 10 %)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     max_answer_tokens: int = 12
     """Cap on the tokens of a teacher-forced answer."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (works with the injection hook); saves memory on large models."""
 
     def __post_init__(self) -> None:
         for name in ("num_examples", "heldout_examples", "heldout_contexts", "context_prediction_tokens", "epochs",
@@ -174,7 +195,17 @@ class AoSftConfig:
             require(getattr(self, name) >= 1, f"ao_sft.{name}={getattr(self, name)} must be >= 1.")
         require(0 <= self.context_prediction_frac < 1,
                f"ao_sft.context_prediction_frac={self.context_prediction_frac} must be in [0, 1).")
-        require_optimizer("ao_sft", self.lr, self.warmup_steps, self.max_grad_norm)
+        require_optimizer("ao_sft", self.lr, 0 if self.warmup_steps is None else self.warmup_steps,
+                          self.max_grad_norm)
+        require(self.lr_schedule in LR_SCHEDULES,
+               f"ao_sft.lr_schedule={self.lr_schedule!r}; use {', '.join(LR_SCHEDULES)}.")
+        require(0 <= self.warmup_fraction < 1,
+               f"ao_sft.warmup_fraction={self.warmup_fraction} must be in [0, 1) (0.1 = 10 % of the steps).")
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warm-up steps of a run of `total_steps` optimizer steps: warmup_steps, else
+        round(warmup_fraction · total_steps)."""
+        return self.warmup_steps if self.warmup_steps is not None else round(self.warmup_fraction * total_steps)
 
 
 @dataclass(frozen=True)
@@ -204,6 +235,8 @@ class SftConfig:
     expand_max_words: int = 6
     """With expand_open_answers: an answer to an open question (reference not Yes/No, question not opening
     with Is/Are/Does/Do/Did/Was/Were/Can/Could/Will/Would/Has/Have/Should) is terse below this many words."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (works with the injection hook); saves memory on large models."""
 
     def __post_init__(self) -> None:
         for name in ("num_examples", "heldout_examples", "epochs", "batch_size", "answer_max_new_tokens",
@@ -250,7 +283,10 @@ class LoggingConfig:
     wandb_project: str | None = None
     """Also log to Weights & Biases under this project (needs WANDB_API_KEY)."""
     push_to_hub: str | None = None
-    """Hub repo id to push the final adapter to; None = never push."""
+    """Hub repo id (`org/name`) to push adapters to; None = never push. `grpo` pushes its final adapter to
+    `org/name`, `sft` to `org/name-sft`, `ao-sft` to `org/name-ao` (each with its grpo_ao_oracle.json; private
+    repos). Pushes run last, after summary.json (and with `grpo-ao run`, after the eval): a failed push loses
+    nothing; it prints the error and the `grpo-ao push ADAPTER REPO` command to retry, and the command exits 2."""
     progress: bool = True
     """Show progress bars."""
 
@@ -261,6 +297,8 @@ class LoggingConfig:
                "set it to grpo.max_steps or more.")
         require(self.keep_last >= 1, f"logging.keep_last={self.keep_last} must be >= 1 (the final checkpoint is "
                "the trained adapter).")
+        require(self.push_to_hub is None or re.fullmatch(r"[\w.-]+/[\w.-]+", self.push_to_hub) is not None,
+               f"logging.push_to_hub={self.push_to_hub!r} must be a hub repo id `org/name` (or null: never push).")
 
 
 @dataclass(frozen=True)
@@ -308,6 +346,12 @@ class RunConfig:
         require(list(self.stages) == in_order,
                f"stages={list(self.stages)} must list each stage once, in the order {', '.join(STAGES)}; "
                f"use {in_order}.")
+        require("sft" in self.stages or not {"ao_sft", "grpo"} <= set(self.stages) or self.oracle.prompt_text is None
+                or not self.oracle.layout_from_adapter,
+               f"stages={list(self.stages)}: ao_sft writes a base oracle (trained without a system prompt), and grpo "
+               "would then train it in oracle.*'s layout with a system prompt, which it was not trained in. Add sft "
+               "between them (format SFT moves it to oracle.*'s layout), set oracle.system_prompt_mode=none, or "
+               "oracle.layout_from_adapter=false to train it with the system prompt anyway.")
         require(not self.sampling.greedy, "sampling.greedy=true would make the G rollouts of a prompt identical "
                "(no reward spread, no gradient); GRPO needs sampling. Use eval.greedy for greedy evaluation.")
         require(self.sampling.num_generations >= 2,

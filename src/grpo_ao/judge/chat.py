@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import random
 import sqlite3
 import time
@@ -31,8 +30,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import openai
-from dotenv import dotenv_values, load_dotenv
 
+from grpo_ao import envfile
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.judge.cache import JudgeCache
 from grpo_ao.judge.config import JudgeConfig
@@ -107,11 +106,9 @@ class _Outcome:
 
 def find_api_key(name: str) -> tuple[str, str]:
     """(value, where) of the key variable `name`: an exported variable first, then a line in ./.env;
-    ("", "") when neither sets it. Reads only; `read_api_key` and `grpo-ao doctor` both look here."""
-    if os.environ.get(name, "").strip():
-        return os.environ[name].strip(), "environment"
-    value = str(dotenv_values(Path.cwd() / ".env").get(name) or "").strip()
-    return (value, "./.env") if value else ("", "")
+    ("", "") when neither sets it. Reads only; `read_api_key` and `grpo-ao doctor` both look here. The rule is
+    `grpo_ao.envfile`'s, the one every command loads ./.env with."""
+    return envfile.lookup(name)
 
 
 def read_api_key(cfg: JudgeConfig, alternative: str) -> str:
@@ -120,7 +117,7 @@ def read_api_key(cfg: JudgeConfig, alternative: str) -> str:
     Raises:
         GrpoAoError: the variable is not set; the message says how to set it, or `alternative`.
     """
-    load_dotenv(Path.cwd() / ".env", override=False)  # an exported variable wins over .env
+    envfile.load_env_file()  # an exported variable wins over .env
     api_key = find_api_key(cfg.api_key_env)[0]
     if not api_key:
         raise GrpoAoError(

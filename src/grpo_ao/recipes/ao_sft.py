@@ -28,7 +28,6 @@ oracles.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -42,15 +41,18 @@ from safetensors.torch import load_file, save_file
 from grpo_ao import controls
 from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from grpo_ao.config import RunConfig, to_dict
+from grpo_ao.config import RunConfig
 from grpo_ao.data import Example, load_examples, split_examples
 from grpo_ao.distributed import gather_objects, main_first, place, print0, require_divisible, shard, unshard
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import left_pad, render_oracle_prompt
 from grpo_ao.grading import grade, is_yes_no_question
 from grpo_ao.models import num_layers
+from grpo_ao.recipes.adapters import written_layout
 from grpo_ao.recipes.setup import (
     archive_previous_run,
+    code_fingerprint,
+    fingerprint,
     load_oracle,
     optimizer_and_scheduler,
     oracle_spec,
@@ -59,6 +61,7 @@ from grpo_ao.recipes.setup import (
     seed_everything,
     start_run,
     teacher_forced_step,
+    tokenizer_fingerprint,
     write_json,
 )
 from grpo_ao.rollout import (
@@ -160,10 +163,11 @@ def draw_items(cfg: RunConfig, examples: list[Example], tokenizer: Any, n: int, 
     return items
 
 
-def cache_key(cfg: RunConfig, kind: str) -> str:
-    parts = [kind, cfg.model.source, cfg.model.seed, cfg.model.dtype, cfg.seed, to_dict(cfg.data),
-             to_dict(cfg.ao_sft)]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def cache_key(cfg: RunConfig, kind: str, items: list[AoItem], tokenizer: Any) -> str:
+    """The activations of `items` depend on the subject model, the items themselves (so the data's content, not
+    only its path), how the tokenizer splits them and the extraction code: all of it is in the key."""
+    return fingerprint(kind, cfg.model.source, cfg.model.seed, cfg.model.dtype, cfg.data.context_format,
+                       [asdict(it) for it in items], tokenizer_fingerprint(tokenizer), code_fingerprint())
 
 
 def with_activations(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoItem],
@@ -260,7 +264,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if not resume:
         archive_previous_run(run_dir)
     seed_everything(cfg.seed)
-    model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
+    model, tokenizer = load_oracle(cfg, fresh=True, gradient_checkpointing=cfg.ao_sft.gradient_checkpointing,
+                                   layout=written_layout(cfg, "ao_sft", oracle_spec(cfg).without_system_prompt()))
     train_ex, held_ex = split_examples(load_examples(cfg.data), cfg.ao_sft.heldout_contexts, cfg.seed)  # 1.
     if not train_ex or not held_ex:
         raise GrpoAoError(f"ao_sft.heldout_contexts={cfg.ao_sft.heldout_contexts} leaves {len(train_ex)} training and "
@@ -268,11 +273,14 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     items = draw_items(cfg, train_ex, tokenizer, cfg.ao_sft.num_examples, cfg.seed, context_prediction=True)
     held = draw_items(cfg, held_ex, tokenizer, cfg.ao_sft.heldout_examples, cfg.seed + 1, context_prediction=False)
     with main_first():  # rank 0 writes the caches, the others read them
-        vectors = with_activations(cfg, model, tokenizer, items, run_dir / "ao_cache" / cache_key(cfg, "train"))  # 2.
-        held_vectors = with_activations(cfg, model, tokenizer, held, run_dir / "ao_cache" / cache_key(cfg, "heldout"))
+        vectors = with_activations(cfg, model, tokenizer, items,
+                                   run_dir / "ao_cache" / cache_key(cfg, "train", items, tokenizer))  # 2.
+        held_vectors = with_activations(cfg, model, tokenizer, held,
+                                        run_dir / "ao_cache" / cache_key(cfg, "heldout", held, tokenizer))
     steps_per_epoch = -(-len(items) // cfg.ao_sft.batch_size)
     total = steps_per_epoch * cfg.ao_sft.epochs
-    optimizer, scheduler = optimizer_and_scheduler(model, cfg.ao_sft.lr, 0.0, cfg.ao_sft.warmup_steps, "cosine", total)
+    optimizer, scheduler = optimizer_and_scheduler(model, cfg.ao_sft.lr, 0.0, cfg.ao_sft.warmup_for(total),
+                                                   cfg.ao_sft.lr_schedule, total)
     start, before = 0, None
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:

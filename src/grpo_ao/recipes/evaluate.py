@@ -11,7 +11,7 @@
   3. Subject activations, extracted ONCE (base model, adapter off) and kept on CPU: the subject is
      the same for every adapter; the shuffled control reuses them, the counterfactual one adds one
      extraction of the (donor context, layer, K) triples not extracted yet.
-  4. Per adapter, three passes: the real answers (item i with its own activations), the shuffled control
+  4. Per adapter, in the prompt layout it was trained in (`adapter_cfg`), three passes: the real answers (item i with its own activations), the shuffled control
      and the counterfactual control. Greedy by default; parse, judge, and grade against the reference with
      `grading.grade` (an answer that takes no position counts as not correct).
   5. `calibration.summarize` of each: parse rate, accuracy, Brier / ECE / MCE / AUROC (also within
@@ -33,7 +33,7 @@ import contextlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from grpo_ao.grading import grade
 from grpo_ao.judge import build_judge
 from grpo_ao.models import BUILTIN_ADAPTER, load_model, resolve_adapter
 from grpo_ao.plots import confidence_histogram, reliability_diagram
+from grpo_ao.recipes.adapters import cfg_for_adapter
 from grpo_ao.recipes.eval_report import delta, eval_markdown, markdown_table
 from grpo_ao.recipes.setup import (
     judge_cache_path,
@@ -306,6 +307,13 @@ def oracle_with(base: Any, state: dict, label: str, adapter: str | None):
     yield state["peft"]
 
 
+def adapter_cfg(cfg: RunConfig, label: str, adapter: str | None) -> RunConfig:
+    """The config `adapter` is asked with: its own prompt layout when its grpo_ao_oracle.json records one (an AO
+    adapter trained without a system prompt is asked without one), else `cfg` (`recipes.adapters.cfg_for_adapter`,
+    `oracle.layout_from_adapter`). The bare model (None) gets the config's layout."""
+    return cfg_for_adapter(cfg, adapter, cfg.eval.data, label) if adapter is not None else cfg
+
+
 def run(cfg: RunConfig, adapters: list[str] | None = None) -> dict[str, Any]:
     """Evaluate each adapter and its two controls on the same items; write eval.json, eval.md,
     records and PNGs to the run directory."""
@@ -326,15 +334,17 @@ def run(cfg: RunConfig, adapters: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, dict] = {}
     state: dict[str, Any] = {}
     for label, adapter in to_evaluate:
+        asked = adapter_cfg(cfg, label, adapter)
         with oracle_with(base, state, label, adapter) as model:  # 4.
-            records = answer_and_score(cfg, model, tokenizer, tasks, real, passes["real"], judge, label)
-            control = answer_and_score(cfg, model, tokenizer, tasks, real, passes["shuffled"], judge,
+            records = answer_and_score(asked, model, tokenizer, tasks, real, passes["real"], judge, label)
+            control = answer_and_score(asked, model, tokenizer, tasks, real, passes["shuffled"], judge,
                                        f"{label} shuffled")
-            cf = answer_and_score(cfg, model, tokenizer, tasks, cf_shown, passes["counterfactual"], judge,
+            cf = answer_and_score(asked, model, tokenizer, tasks, cf_shown, passes["counterfactual"], judge,
                                   f"{label} counterfactual")
         for r in cf:
             r["donor_context"] = tasks[r["donor"]].context
         results[label] = adapter_result(run_dir, label, adapter, records, control, cf, cfg.reward.target)  # 5.–6.
+        results[label]["layout"] = asdict(oracle_spec(asked, cfg.eval.data))
     report = {"num_items": len(tasks), "eval_source": cfg.eval.data.source, "greedy": cfg.eval.greedy,
               "judge": cfg.judge.kind, "reward_target": cfg.reward.target, "adapters": results}
     write_json(run_dir / "eval.json", report)

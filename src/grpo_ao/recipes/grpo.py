@@ -8,6 +8,9 @@ One optimizer step:
   3. for each iteration: loss over micro-batches with gradient accumulation → clip → AdamW step;
      then the engine follows the new adapter (weight sync; parity check every rollout.parity_every syncs);
   4. log metrics, samples, checkpoint.
+Training starts from model.adapter, which must have been trained in oracle.*'s layout (its grpo_ao_oracle.json;
+a difference stops the run: `recipes.adapters.check_start_layout`). The recipe does not push to the Hub: the
+`grpo-ao grpo` and `grpo-ao run` commands push last, after summary.json (and the eval) are written.
 
 Data parallel (`accelerate launch`, see `grpo_ao.distributed`): the unit of work is the chunk. Every rank
 draws every chunk's tasks (so the sampler, and resume, stay identical on all ranks) and rolls out, judges
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 
 from grpo_ao import metrics as M
-from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, push_to_hub, save_checkpoint
+from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from grpo_ao.config import RunConfig
 from grpo_ao.distributed import (
     all_reduce_gradients,
@@ -43,6 +46,7 @@ from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import parse_epistemic_status, tag_token_mask
 from grpo_ao.judge import build_judge
 from grpo_ao.loss import group_advantages, policy_loss, route_advantages, split_advantages
+from grpo_ao.recipes.adapters import check_start_layout, written_layout
 from grpo_ao.recipes.grpo_report import (
     judge_outage,
     sample_rows,
@@ -251,7 +255,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if not resume:
         archive_previous_run(run_dir)
     seed_everything(cfg.seed)
-    model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
+    check_start_layout(cfg, "grpo")  # the starting adapter is trained in the layout it was made for, or stop
+    model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing,
+                                   layout=written_layout(cfg, "grpo"))
     if cfg.grpo.beta > 0:  # frozen copy of the starting adapter for the KL term
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -325,9 +331,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     sinks.close()
     engine.close()
     final = latest_checkpoint(run_dir)
-    adapter_dir = final / "adapter" if final else None
-    if cfg.logging.push_to_hub and adapter_dir and place().is_main:
-        push_to_hub(adapter_dir, cfg.logging.push_to_hub)
+    adapter_dir = final / "adapter" if final else None  # pushed by the caller, after everything is written
     judge_total = summed_judge_stats(judge.stats)
     return gather_objects(write_summary(run_dir, cfg, adapter_dir, judge_total) if place().is_main else None)[0]
 

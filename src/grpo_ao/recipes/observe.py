@@ -1,7 +1,8 @@
 """Roll out without training, for a look: `grpo-ao observe --config CONFIG --num-examples N --num-generations G`.
 
   1. Draw N tasks from the training data (same sampler and seed as GRPO).
-  2. Sample G completions per task exactly as a GRPO rollout does (injection, eval mode).
+  2. Sample G completions per task exactly as a GRPO rollout does (injection, eval mode), in the layout the
+     adapter's grpo_ao_oracle.json records (`oracle.layout_from_adapter`).
   3. Parse; judge (parsed answers only, unless judge.score_parse_failures) and reward, unless --no-judge.
      Every mix of parse failure and judge failure is reported, never a crash.
   4. Print a report per example and overall: parse rate, reward and confidence ranges, histogram of X.
@@ -17,6 +18,7 @@ from grpo_ao.config import RunConfig
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.format import parse_epistemic_status
 from grpo_ao.judge import JudgeResult, build_judge
+from grpo_ao.recipes.adapters import cfg_for_adapter
 from grpo_ao.recipes.setup import judge_cache_path, load_oracle, oracle_spec, seed_everything, task_sampler
 from grpo_ao.reward import RewardBreakdown, judge_and_reward
 from grpo_ao.rollout import build_oracle_inputs, generate_rollouts
@@ -57,6 +59,7 @@ def run(cfg: RunConfig, num_examples: int = 4, num_generations: int = 4, adapter
     if num_examples < 1 or num_generations < 1:
         raise GrpoAoError(f"--num-examples ({num_examples}) and --num-generations ({num_generations}) must be >= 1.")
     seed_everything(cfg.seed)
+    cfg = cfg_for_adapter(cfg, adapter or cfg.model.adapter)  # asked the way it was trained (grpo_ao_oracle.json)
     model, tokenizer = load_oracle(cfg, adapter=adapter, trainable=False)
     tasks = task_sampler(cfg.data, tokenizer).next_batch(num_examples)  # 1.
     sampling = replace(cfg.sampling, num_generations=num_generations)

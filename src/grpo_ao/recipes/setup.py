@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
 import json
 import math
 import os
@@ -18,9 +21,10 @@ import yaml
 
 from grpo_ao.config import RunConfig, to_dict
 from grpo_ao.data import DataConfig, Example, TaskSampler, load_examples
-from grpo_ao.distributed import all_reduce_gradients, barrier, global_sum, place
+from grpo_ao.distributed import all_reduce_gradients, barrier, global_sum, place, print0
 from grpo_ao.metrics import MetricSink, NullSink, build_sinks
-from grpo_ao.models import attach_lora, load_model, resolve_device
+from grpo_ao.models import attach_lora, load_model, resolve_adapter, resolve_device
+from grpo_ao.oracle_layout import OracleLayout, attach_layout
 from grpo_ao.rollout import OracleSpec
 from grpo_ao.run_info import redact_secrets, write_run_info
 
@@ -82,14 +86,21 @@ def oracle_spec(cfg: RunConfig, data: DataConfig | None = None) -> OracleSpec:
 
 
 def load_oracle(cfg: RunConfig, adapter: str | None = None, trainable: bool = True,
-                gradient_checkpointing: bool = False) -> tuple[Any, Any]:
-    """The base model with a LoRA adapter: `adapter` if given, else `cfg.model.adapter`, else a fresh one.
+                gradient_checkpointing: bool = False, fresh: bool = False,
+                layout: OracleLayout | None = None) -> tuple[Any, Any]:
+    """The base model with a LoRA adapter: `adapter` if given, else `cfg.model.adapter`, else a fresh one
+    (`fresh=True`: a fresh one (lora.*) whatever model.adapter says, as AO pretraining starts). `layout` is
+    the layout the stage trains in: every checkpoint of this model writes it beside the adapter.
     With several processes on GPUs, each rank loads onto its own GPU (cuda:local_rank)."""
     model_cfg = cfg.model
     if place().world_size > 1 and resolve_device(model_cfg.device).type == "cuda":
         model_cfg = replace(model_cfg, device=f"cuda:{place().local_rank}")
+    if fresh and cfg.model.adapter:
+        print0(f"Starting a fresh LoRA adapter (lora.*) on the base model; model.adapter={cfg.model.adapter!r} is "
+               "not used by this stage.")
     model, tokenizer = load_model(model_cfg)
-    model = attach_lora(model, cfg.lora, adapter or cfg.model.adapter, trainable=trainable)
+    model = attach_lora(model, cfg.lora, None if fresh else adapter or cfg.model.adapter, trainable=trainable)
+    attach_layout(model, layout)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -195,3 +206,47 @@ def window_mean(values: Sequence[float], start: float, end: float) -> float | No
     lo, hi = int(n * start), max(int(n * start) + 1, int(round(n * end)))
     window = [v for v in values[lo:hi] if v is not None and math.isfinite(v)]
     return sum(window) / len(window) if window else None
+
+
+# ---------------------------------------------------------------------------- cache keys
+
+EXTRACTION_CODE = ("grpo_ao.models", "grpo_ao.steering", "grpo_ao.rollout", "grpo_ao.format")
+"""Modules whose source decides cached activations and answers; their text is part of every cache key, so an
+edited extraction never reuses vectors made by the old code."""
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short sha256 of JSON-serialisable `parts` (cache directory names)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_fingerprint(modules: Sequence[str] = EXTRACTION_CODE) -> str:
+    """Hash of the source text of `modules`: the code version of what a cache holds."""
+    return fingerprint([inspect.getsource(importlib.import_module(m)) for m in modules])
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of how `tokenizer` splits text: its full serialization (vocabulary, merges, normalizer, added tokens)
+    when it is a fast tokenizer, else its vocabulary; plus the chat template and the padding side. The
+    serialization's padding/truncation state is left out: a padded call sets it, and it splits no text."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        table = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+    else:
+        table = tokenizer.get_vocab()
+    return fingerprint(table, getattr(tokenizer, "chat_template", None), tokenizer.padding_side)
+
+
+def adapter_fingerprint(adapter: str | None) -> str | None:
+    """Hash of a local adapter's files (weights and config), so a retrained adapter at the same path is a new
+    key; a hub id as it is (None: no adapter)."""
+    path = Path(resolve_adapter(adapter)).expanduser() if adapter else None
+    if path is None or not path.is_dir():
+        return adapter
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        if (path / name).is_file():
+            with open(path / name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]

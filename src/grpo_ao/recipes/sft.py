@@ -1,8 +1,9 @@
 """Format SFT: `grpo-ao sft --config CONFIG`. Teaches the `[epistemic status: X] Answer` format.
 
   1. Targets: for each task, read subject activations (adapter off), let the starting oracle answer
-     with injection and *no* system prompt (its natural answer), optionally have the hosted judge model
-     expand terse answers to open questions (`sft.expand_open_answers`), and store
+     with injection in its own layout (its grpo_ao_oracle.json; without one: *no* system prompt) — its
+     natural answer —, optionally have the hosted judge model expand terse answers to open questions
+     (`sft.expand_open_answers`), and store
      `[epistemic status: X] <answer>` with X uniform in 0..10 (seeded). Activations and targets are
      cached on disk (safetensors + JSONL), so training and re-runs never recompute them.
   2. Parse rate of greedy answers on held-out prompts (`sft.heldout_examples` contexts never used for
@@ -18,10 +19,10 @@ the global token count as the loss normaliser; the held-out prompts are split an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,17 @@ from safetensors.torch import load_file, save_file
 
 from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from grpo_ao.config import RunConfig, to_dict
+from grpo_ao.config import RunConfig
 from grpo_ao.data import Task, load_examples, split_examples
 from grpo_ao.distributed import global_sum, main_first, place, print0, require_divisible, shard
 from grpo_ao.format import format_epistemic_status, parse_epistemic_status, render_oracle_prompt
 from grpo_ao.judge import Expansion, JudgeItem, build_expander, expand_terse_open_answers
+from grpo_ao.recipes.adapters import SFT_MUST_MATCH, check_start_layout, natural_answer_spec, written_layout
 from grpo_ao.recipes.setup import (
+    adapter_fingerprint,
     archive_previous_run,
+    code_fingerprint,
+    fingerprint,
     judge_cache_path,
     load_oracle,
     optimizer_and_scheduler,
@@ -46,9 +51,10 @@ from grpo_ao.recipes.setup import (
     start_run,
     task_sampler,
     teacher_forced_step,
+    tokenizer_fingerprint,
     write_json,
 )
-from grpo_ao.rollout import Rollouts, SamplingConfig, answer_in_batches, teacher_forcing_rollouts
+from grpo_ao.rollout import OracleSpec, Rollouts, SamplingConfig, answer_in_batches, teacher_forcing_rollouts
 
 FALLBACK_ANSWER = "I can't answer this question given these activations."
 
@@ -63,20 +69,22 @@ def whole_sentences(text: str) -> str | None:
     return match.group(0) if match else None
 
 
-def cache_key(cfg: RunConfig) -> str:
-    """Targets depend on the starting oracle, the data draw and the answer length, nothing else."""
-    parts = ["split-by-context", cfg.model.source, cfg.model.adapter, cfg.model.seed, cfg.seed, to_dict(cfg.data),
-             cfg.sft.num_examples, cfg.sft.heldout_examples, cfg.sft.answer_max_new_tokens, cfg.oracle.injection_layer]
-    if cfg.oracle.steering_coef != 1.0 or cfg.model.dtype != "float32":  # only when set, so old caches stay valid
-        parts += [cfg.oracle.steering_coef, cfg.model.dtype]
-    if cfg.sft.expand_open_answers:  # appended only when on, so existing caches of plain targets stay valid
-        parts += [cfg.sft.expand_max_words, cfg.judge.model]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def cache_key(cfg: RunConfig, tasks: list[Task], tokenizer: Any, natural: OracleSpec) -> str:
+    """Targets depend on the subject and starting oracle (the adapter's files, not only its path), the drawn tasks
+    themselves (so the data's content), how the tokenizer splits them, the layout the natural answers are asked
+    in (`natural`), the answer length, the tag draws (cfg.seed), the expansion settings and the code."""
+    expansion = [cfg.sft.expand_max_words, cfg.judge.model] if cfg.sft.expand_open_answers else None
+    return fingerprint("sft-targets", cfg.model.source, cfg.model.seed, cfg.model.dtype,
+                       adapter_fingerprint(cfg.model.adapter), [asdict(t) for t in tasks], cfg.data.context_format,
+                       tokenizer_fingerprint(tokenizer), asdict(natural), cfg.sft.answer_max_new_tokens, cfg.seed,
+                       expansion, code_fingerprint())
 
 
-def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], cache_dir: Path) -> list[dict]:
-    """Step 1: natural answers (no system prompt), optionally expanded, + random tags; cached as targets.jsonl +
-    activations.safetensors. Each row keeps `natural_answer` and whether its target is `expanded`."""
+def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], cache_dir: Path,
+                 natural: OracleSpec | None = None) -> list[dict]:
+    """Step 1: natural answers (asked in `natural`, default the base-oracle layout: no system prompt), optionally
+    expanded, + random tags; cached as targets.jsonl + activations.safetensors. Each row keeps `natural_answer`
+    and whether its target is `expanded`."""
     targets_path, acts_path = cache_dir / "targets.jsonl", cache_dir / "activations.safetensors"
     if targets_path.exists() and acts_path.exists():
         acts = load_file(str(acts_path))
@@ -93,9 +101,9 @@ def make_targets(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list[Task], 
     rows: list[dict] = []
     sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.sft.answer_max_new_tokens, greedy=True)
     bar = progress_bar(len(tasks), "sft targets", cfg.logging.progress)
-    base = oracle_spec(cfg).without_system_prompt()  # the natural answers: base-oracle layout
+    natural = oracle_spec(cfg).without_system_prompt() if natural is None else natural
     for chunk, inputs, rollouts in answer_in_batches(model, tokenizer, tasks, sampling, cfg.eval.batch_size,
-                                                     spec=base):
+                                                     spec=natural):
         for task, layer, vector, text, cut in zip(chunk, inputs.layers, inputs.vectors, rollouts.texts,
                                                   rollouts.truncated.tolist()):
             parsed = parse_epistemic_status(text)  # an oracle that already tags its answers: keep one tag
@@ -162,13 +170,17 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if not resume:
         archive_previous_run(run_dir)
     seed_everything(cfg.seed)
-    model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
+    start = check_start_layout(cfg, "sft", SFT_MUST_MATCH)
+    model, tokenizer = load_oracle(cfg, gradient_checkpointing=cfg.sft.gradient_checkpointing,
+                                   layout=written_layout(cfg, "sft"))
     # held out by context, one task per held-out context: never a text that training sees
     train_ex, held_ex = split_examples(load_examples(cfg.data), cfg.sft.heldout_examples, cfg.seed)
     train_tasks = task_sampler(cfg.data, tokenizer, train_ex).next_batch(cfg.sft.num_examples)
     heldout = task_sampler(cfg.data, tokenizer, held_ex).next_batch(len(held_ex))
     with main_first():  # rank 0 writes the cache, the others read it
-        rows = make_targets(cfg, model, tokenizer, train_tasks, run_dir / "sft_cache" / cache_key(cfg))  # 1.
+        natural = natural_answer_spec(cfg, start)
+        rows = make_targets(cfg, model, tokenizer, train_tasks,
+                            run_dir / "sft_cache" / cache_key(cfg, train_tasks, tokenizer, natural), natural)  # 1.
     steps_per_epoch = -(-len(rows) // cfg.sft.batch_size)
     total = steps_per_epoch * cfg.sft.epochs
     optimizer, scheduler = optimizer_and_scheduler(model, cfg.sft.lr, 0.0, cfg.sft.warmup_steps, "cosine", total)
