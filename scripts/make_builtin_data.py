@@ -10,6 +10,8 @@ Contexts, two kinds (docs/data.md has the counts):
   tense; a sentence is subject (singular or plural, with an optional modifier) + predicate (past, present or
   future; positive, negative or neutral). Labels: language and tense always, topic unless the subject is an
   "other" one, sentiment unless the predicate is neutral, number (of the subject) for one-sentence contexts;
+- scenes, in the same four languages: people doing everyday things ("The carpenters will fix the broken
+  gate."), one sentence or two in the same tense, labelled language, tense and (one sentence) number;
 - facts, in English: one world-knowledge statement, true or false (`facts.json`).
 Every sentence is used by at most one context, so no two contexts share a sentence; held-out contexts (and
 their fact items) are drawn first. No sentence equals a sentence of builtin_eval.jsonl, and none shares half
@@ -38,11 +40,13 @@ FAMILY_ORDER = ("topic", "sentiment", "language", "tense", "number", "fact")
 TENSES = ("past", "present", "future")
 NUMBERS = ("singular", "plural")
 SENTIMENT_SLOTS = ("positive", "negative", "positive", "negative", "neutral")  # 2 : 2 : 1
-COMPOSED_PER_LANGUAGE = {"train": 680, "heldout": 70}
+COMPOSED_PER_LANGUAGE = {"train": 640, "heldout": 70}
+SCENES_PER_LANGUAGE = {"train": 120, "heldout": 12}
 FACT_HELDOUT_SHARE = 0.12  # of each relation's items (at least one)
 MODIFIER_SHARE = 0.6  # of subjects that get a modifier
-CLAIM_SHARE = {"topic": 1.0, "sentiment": 0.6, "language": 0.5, "tense": 0.5, "number": 1.0}
+CLAIM_SHARE = {"topic": 1.0, "sentiment": 0.6, "language": 0.4, "tense": 0.5, "number": 1.0}
 """Share of composed contexts whose true label of a family is claimed (asked about): keeps the files small."""
+SCENE_CLAIM_SHARE = {"language": 0.5, "tense": 1.0, "number": 1.0}
 MIN_WORDS = 6  # of a composed context
 MAX_JACCARD = 0.5  # a sentence sharing this share of its words with an eval text is rejected
 
@@ -79,16 +83,39 @@ def capitalize(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def compose_sentence(rng: random.Random, lang: dict, topic: str, sentiment: str, tense: str, number: str,
-                     avoid: set[str]) -> tuple[str, str, str]:
+def compose_sentence(rng: random.Random, subjects: list[str], predicates: list[str], modifiers: list[str],
+                     tense: str, number: str, avoid: set[str]) -> tuple[str, str, str]:
     """(sentence, subject entry, predicate entry); the subject and predicate are not in `avoid`."""
-    subject = rng.choice([s for s in lang["subjects"][topic] if s not in avoid])
-    predicate = rng.choice([p for p in lang["predicates"][sentiment] if p not in avoid])
+    subject = rng.choice([s for s in subjects if s not in avoid])
+    predicate = rng.choice([p for p in predicates if p not in avoid])
     noun = subject.split("|")[NUMBERS.index(number)]
-    if rng.random() < MODIFIER_SHARE:
-        noun += " " + rng.choice(lang["modifiers"][topic])
+    if modifiers and rng.random() < MODIFIER_SHARE:
+        noun += " " + rng.choice(modifiers)
     verb = predicate.split("|")[2 * TENSES.index(tense) + NUMBERS.index(number)]
     return capitalize(f"{noun} {verb}."), subject, predicate
+
+
+def draw_sentences(rng: random.Random, subjects: list[str], predicates: list[str], modifiers: list[str],
+                   tense: str, n_sentences: int, guard: SentenceGuard) -> tuple[list[str], list[str]]:
+    """(sentences, their subjects' numbers): distinct subjects and predicates, >= MIN_WORDS words in all."""
+    while True:
+        avoid: set[str] = set()
+        numbers, parts = [], []
+        for _ in range(n_sentences):
+            number = rng.choice(NUMBERS)
+            sentence, subject, predicate = compose_sentence(rng, subjects, predicates, modifiers, tense, number,
+                                                            avoid)
+            avoid |= {subject, predicate}
+            numbers.append(number)
+            parts.append(sentence)
+        long_enough = sum(len(p.split()) for p in parts) >= MIN_WORDS
+        if long_enough and len(set(parts)) == len(parts) and all(guard.take(s) for s in parts):
+            return parts, numbers
+
+
+def claimed(rng: random.Random, true: dict[str, str], shares: dict[str, float]) -> dict[str, str]:
+    """The labels a context is asked about: each true one with its share; at least one (the language)."""
+    return {f: v for f, v in true.items() if rng.random() < shares[f]} or {"language": true["language"]}
 
 
 def composed_contexts(rng: random.Random, lang: dict, count: int, guard: SentenceGuard) -> list[dict]:
@@ -102,18 +129,8 @@ def composed_contexts(rng: random.Random, lang: dict, count: int, guard: Sentenc
     for i in range(count):
         topic, sentiment, tense, n_sentences = (topics[i % len(topics)], slots[i % len(slots)],
                                                 tenses[i % len(tenses)], 1 + i % 2)
-        while True:
-            avoid: set[str] = set()
-            numbers, parts = [], []
-            for _ in range(n_sentences):
-                number = rng.choice(NUMBERS)
-                sentence, subject, predicate = compose_sentence(rng, lang, topic, sentiment, tense, number, avoid)
-                avoid |= {subject, predicate}
-                numbers.append(number)
-                parts.append(sentence)
-            long_enough = sum(len(p.split()) for p in parts) >= MIN_WORDS
-            if long_enough and len(set(parts)) == len(parts) and all(guard.take(s) for s in parts):
-                break
+        parts, numbers = draw_sentences(rng, lang["subjects"][topic], lang["predicates"][sentiment],
+                                        lang["modifiers"][topic], tense, n_sentences, guard)
         true = {"topic": topic, "sentiment": sentiment, "language": lang["language"], "tense": tense,
                 "number": numbers[0]}
         if topic == "other":
@@ -122,8 +139,22 @@ def composed_contexts(rng: random.Random, lang: dict, count: int, guard: Sentenc
             del true["sentiment"]
         if n_sentences > 1:  # "the subject" of a two-sentence text is not one thing
             del true["number"]
-        labels = {f: v for f, v in true.items() if rng.random() < CLAIM_SHARE[f]} or {"language": lang["language"]}
+        labels = claimed(rng, true, CLAIM_SHARE)
         out.append({"context": " ".join(parts), "labels": labels})
+    return out
+
+
+def scene_contexts(rng: random.Random, lang: dict, count: int, guard: SentenceGuard) -> list[dict]:
+    """`count` contexts of people doing everyday things (no topic, no sentiment): tense and length cycle."""
+    tenses = list(TENSES)
+    rng.shuffle(tenses)
+    out = []
+    for i in range(count):
+        tense, n_sentences = tenses[i % len(tenses)], 1 + (i // len(tenses)) % 2
+        parts, numbers = draw_sentences(rng, lang["scenes"]["subjects"], lang["scenes"]["predicates"], [], tense,
+                                        n_sentences, guard)
+        true = {"language": lang["language"], "tense": tense} | ({"number": numbers[0]} if n_sentences == 1 else {})
+        out.append({"context": " ".join(parts), "labels": claimed(rng, true, SCENE_CLAIM_SHARE)})
     return out
 
 
@@ -179,7 +210,9 @@ def build_all() -> dict[str, str]:
     contexts = fact_contexts(rng, load("facts.json"), guard)
     for split in ("heldout", "train"):  # held-out first: training never takes one of its sentences
         for name in LANGUAGE_FILES:
-            contexts[split] += composed_contexts(rng, load(name), COMPOSED_PER_LANGUAGE[split], guard)
+            lang = load(name)
+            contexts[split] += composed_contexts(rng, lang, COMPOSED_PER_LANGUAGE[split], guard)
+            contexts[split] += scene_contexts(rng, lang, SCENES_PER_LANGUAGE[split], guard)
     files = {}
     for split, prefix, phrasings in (("train", "train", ("seen",)), ("heldout", "heldout", ("seen", "unseen"))):
         items = contexts[split]

@@ -51,7 +51,7 @@ def test_builtin_eval_is_byte_identical_to_the_reviewed_set():
 
 def test_builtin_train_has_enough_distinct_contexts_balanced_per_label():
     contexts = [r["context"] for r in TRAIN]
-    assert len(contexts) == len(set(contexts)) == 3136
+    assert len(contexts) == len(set(contexts)) == 3456
     counts = Counter((f, v) for r in TRAIN for f, v in r["labels"].items())
     for family, values in VALUES.items():
         per_value = [counts[(family, v)] for v in values]
@@ -64,7 +64,7 @@ def test_builtin_train_has_enough_distinct_contexts_balanced_per_label():
 
 def test_builtin_heldout_covers_every_label_value():
     contexts = [r["context"] for r in HELDOUT]
-    assert len(contexts) == len(set(contexts)) == 333
+    assert len(contexts) == len(set(contexts)) == 381
     counts = Counter((f, v) for r in HELDOUT for f, v in r["labels"].items())
     assert min(counts[(f, v)] for f, vs in VALUES.items() for v in vs) >= 15
 
@@ -100,7 +100,7 @@ def test_every_training_row_asks_each_label_of_its_families_once_in_seen_phrasin
     for row in TRAIN:
         assert all("phrasing" not in q for q in row["questions"])
         check_expanded(row, row["questions"], "seen")
-    assert sum(len(r["questions"]) for r in TRAIN) == 48554
+    assert sum(len(r["questions"]) for r in TRAIN) == 48128
 
 
 def test_every_heldout_row_asks_each_label_in_a_seen_and_in_an_unseen_phrasing():
@@ -141,7 +141,7 @@ def test_heldout_eval_and_training_share_no_sentence():
     train = {s for r in TRAIN for s in sentences(r["context"])}
     heldout = {s for r in HELDOUT for s in sentences(r["context"])}
     evals = {s for r in EVAL for s in sentences(r["context"])}
-    assert (len(train), len(heldout), len(evals)) == (4496, 473, 186)
+    assert (len(train), len(heldout), len(evals)) == (4976, 545, 186)
     assert not train & heldout
     assert not train & evals and not heldout & evals
 
@@ -154,13 +154,13 @@ def test_no_builtin_context_is_a_near_copy_of_an_eval_text():
 
     evals = [words(r["context"]) for r in EVAL]
     contexts = [words(r["context"]) for r in TRAIN + HELDOUT]
-    assert len(contexts) * len(evals) == (3136 + 333) * 186
+    assert len(contexts) * len(evals) == (3456 + 381) * 186
     assert max(len(c & e) / len(c | e) for c in contexts for e in evals) < 0.5
 
 
 def material() -> tuple[dict[str, set], set[str], dict[str, set], set[str]]:
     """Subject forms -> {(topic, number)}, modifiers, predicate forms -> {(sentiment, tense, number)}, languages:
-    read from the language files independently of the script."""
+    read from the language files independently of the script (None: a scene's topic and sentiment)."""
     subjects, modifiers, predicates, languages = {}, set(), {}, set()
     for path in sorted(MATERIAL.glob("??.json")):
         lang = json.loads(path.read_text(encoding="utf-8"))
@@ -170,7 +170,11 @@ def material() -> tuple[dict[str, set], set[str], dict[str, set], set[str]]:
             for entry in entries:
                 for number, form in zip(("singular", "plural"), entry.split("|"), strict=True):
                     subjects.setdefault(form[:1].upper() + form[1:], set()).add((topic, number))
-        for sentiment, entries in lang["predicates"].items():
+        scenes = lang["scenes"]  # people doing everyday things: no topic, no sentiment
+        for entry in scenes["subjects"]:
+            for number, form in zip(("singular", "plural"), entry.split("|"), strict=True):
+                subjects.setdefault(form[:1].upper() + form[1:], set()).add((None, number))
+        for sentiment, entries in [*lang["predicates"].items(), (None, scenes["predicates"])]:
             for entry in entries:
                 forms = entry.split("|")
                 assert len(forms) == 6, entry
@@ -223,7 +227,7 @@ def test_every_claimed_label_is_true_of_its_text():
         {"topic": "cooking", "sentiment": "positive", "tense": "future", "number": "plural"}]
 
 
-@pytest.mark.parametrize("source, n_items", [("builtin", 48554), ("builtin_heldout", 10434), ("builtin_eval", 216)])
+@pytest.mark.parametrize("source, n_items", [("builtin", 48128), ("builtin_heldout", 10636), ("builtin_eval", 216)])
 def test_builtin_questions_never_contain_the_answer(source, n_items):
     label_words = {v.lower() for vs in VALUES.values() for v in vs}
     checked = 0
@@ -253,7 +257,7 @@ def test_builtin_eval_has_the_documented_families_and_balanced_answers():
 def test_loaded_examples_carry_the_row_labels_and_phrasings():
     held = load_examples(DataConfig(source="builtin_heldout"))
     assert [dict(ex.labels) for ex in held] == [r["labels"] for r in HELDOUT]
-    assert Counter(qa.phrasing for ex in held for qa in ex.qas) == {"seen": 5217, "unseen": 5217}
+    assert Counter(qa.phrasing for ex in held for qa in ex.qas) == {"seen": 5318, "unseen": 5318}
 
 
 def test_shipped_builtin_files_match_the_generator_script():

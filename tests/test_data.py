@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,7 @@ def test_strip_yes_no_instruction_removes_only_the_trailing_instruction(question
     ({"max_examples": 0}, "data.max_examples"),
     ({"seed": True}, "data.seed"),
     ({"context_format": "html"}, "data.context_format"),
+    ({"question_draw": "random"}, "data.question_draw"),
 ])
 def test_data_config_rejects_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(GrpoAoError, match=re.escape(field)):
@@ -312,6 +314,33 @@ def test_sampler_on_builtin_data_covers_every_family():
     tasks = TaskSampler(examples, cfg).next_batch(len(examples))
     assert len({t.example_index for t in tasks}) == len(examples) > 3000  # one full epoch
     assert {t.family for t in tasks} == {"topic", "sentiment", "language", "tense", "number", "fact"}
+
+
+def test_balanced_draw_asks_expanded_contexts_yes_as_often_as_no_and_every_family_alike():
+    # builtin asks each labelled family once per value: 1 "Yes" per family, 1-9 "No"s; uniform draws see ~80 % No
+    examples = load_examples(DataConfig())
+    counts = {}
+    for draw in ("balanced", "uniform"):
+        cfg = DataConfig(seed=1, question_draw=draw)
+        tasks = TaskSampler(examples, cfg).next_batch(12000)
+        counts[draw] = Counter(t.reference for t in tasks if t.reference in ("Yes", "No"))
+        if draw == "balanced":
+            families = Counter(t.family for t in tasks)
+    yes_share = {d: c["Yes"] / (c["Yes"] + c["No"]) for d, c in counts.items()}
+    assert abs(yes_share["balanced"] - 0.5) < 0.02 and yes_share["uniform"] < 0.25, yes_share
+    # a family per draw uniformly among the context's families: topic (on ~87 % of the contexts) leads,
+    # but no family falls below half of an even share
+    assert min(families.values()) > 0.5 * 12000 / 6, families
+
+
+def test_balanced_draw_keeps_one_question_examples_and_open_shares():
+    ex = Example("t", (QA("Y?", "Yes", "f"), QA("N1?", "No", "f"), QA("N2?", "No", "f"), QA("O?", "o", "f"),
+                       QA("G?", "No", "g")))
+    tasks = TaskSampler([ex], DataConfig(seed=0)).next_batch(8000)
+    got = Counter(t.question for t in tasks)
+    # family f or g with 1/2 each; in f: open 1/4, Yes 3/8, the two No 3/16 each; g: its one question
+    expected = {"O?": 1 / 8, "Y?": 3 / 16, "N1?": 3 / 32, "N2?": 3 / 32, "G?": 1 / 2}
+    assert all(abs(got[q] / 8000 - p) < 0.02 for q, p in expected.items()), got
 
 
 def test_sampler_passes_the_question_phrasing_on():

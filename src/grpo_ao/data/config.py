@@ -9,6 +9,7 @@ from grpo_ao.errors import GrpoAoError
 BUILTIN_SOURCES = ("builtin", "builtin_heldout", "builtin_eval")
 ON_BAD_ROW = ("skip", "error")
 CONTEXT_FORMATS = ("chat", "raw")
+QUESTION_DRAWS = ("balanced", "uniform")
 
 
 def _is_int(value: object) -> bool:
@@ -41,6 +42,9 @@ class DataConfig:
     """Seed of the sampler's generator (example order, question, layer percent, K)."""
     context_format: str = "chat"
     """How the subject sees the context: "chat" (as a user turn of the chat template) or "raw" text."""
+    question_draw: str = "balanced"
+    """How a draw picks one of the example's questions: "balanced" (a family uniformly, then Yes and No
+    references equally often, open questions with their share; docs/data.md) or "uniform" (any question)."""
 
     def __post_init__(self) -> None:
         # YAML gives lists; keep the dataclass hashable and immutable
@@ -74,6 +78,8 @@ class DataConfig:
                               f"got {self.max_examples!r}.")
         if not _is_int(self.seed):
             raise GrpoAoError(f"data.seed must be an integer, got {self.seed!r}.")
+        if self.question_draw not in QUESTION_DRAWS:
+            raise GrpoAoError(f"data.question_draw must be one of {QUESTION_DRAWS}, got {self.question_draw!r}.")
         if self.context_format not in CONTEXT_FORMATS:
             raise GrpoAoError(f"data.context_format must be one of {CONTEXT_FORMATS}, "
                               f"got {self.context_format!r}.")
