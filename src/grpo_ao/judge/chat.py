@@ -30,14 +30,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import openai
-from dotenv import dotenv_values, load_dotenv
-
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.judge.cache import JudgeCache
 from grpo_ao.judge.config import JudgeConfig
 from grpo_ao.judge.items import JudgeItem, JudgeResult, JudgeStats, dedupe
 from grpo_ao.judge.retry import backoff_delay, parse_retry_after
+
+try:
+    import openai
+except ImportError:  # only the API judge and expander need it; the offline judges run without (the GPU check)
+    from grpo_ao.optional import MissingModule
+
+    openai = MissingModule("openai", "judge.kind=openai")
+try:
+    from dotenv import dotenv_values, load_dotenv
+except ImportError:  # without python-dotenv, no .env is fine; an existing .env says what to install
+    from grpo_ao.optional import dotenv_values, load_dotenv
 
 log = logging.getLogger(__name__)
 
