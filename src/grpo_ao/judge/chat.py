@@ -29,14 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import openai
-
 from grpo_ao import envfile
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.judge.cache import JudgeCache
 from grpo_ao.judge.config import JudgeConfig
 from grpo_ao.judge.items import JudgeItem, JudgeResult, JudgeStats, dedupe
 from grpo_ao.judge.retry import backoff_delay, parse_retry_after
+
+try:
+    import openai
+except ImportError:  # only the API judge and expander need it; the offline judges run without (the GPU check)
+    from grpo_ao.optional import MissingModule
+
+    openai = MissingModule("openai", "judge.kind=openai")
 
 log = logging.getLogger(__name__)
 

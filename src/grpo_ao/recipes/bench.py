@@ -13,9 +13,12 @@ Variants:
      at the deepest block needed; 2. the engine's rollouts (HF: each distinct prompt prefilled once with the
      injection, its G rows decoded from the shared KV cache without a hook; vLLM: per-request injection);
      3. micro-batched training forwards + backward (`injected_logprobs`), AdamW, and the engine's weight sync.
-For each: median s/step over `repeats` timed steps after a warm-up step, rollout (1+2) s and tok/s, update (3) s,
-peak memory (torch.cuda.max_memory_allocated per variant on CUDA; on CPU the process's peak RSS, which only grows
-and so does not separate the variants), and the prototype's s/step ÷ the variant's. Writes run_dir/bench.json.
+For each: median s/step over `repeats` timed steps after a warm-up step (its time kept: it includes compilation
+with model.compile), rollout (1+2) s and tok/s, update (3) s, peak memory (torch.cuda.max_memory_allocated per
+variant on CUDA, and of the update alone; on CPU the process's peak RSS, which only grows and so does not separate
+the variants), and the prototype's s/step ÷ the variant's (`prototype=False` skips the prototype, whose per-rollout
+loop is slow at real shapes). The report also gives the model's parameter and weight-byte counts and its KV-cache
+bytes per token (for a bandwidth roofline). Writes run_dir/bench.json.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from grpo_ao.config import RunConfig
 from grpo_ao.engine import build_engine
 from grpo_ao.errors import GrpoAoError
+from grpo_ao.model_compile import is_compiled
 from grpo_ao.recipes.setup import (
     load_oracle,
     optimizer_and_scheduler,
@@ -135,11 +139,14 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-def measure(step: Callable[[], tuple[float, float, int]], repeats: int, device: torch.device,
-            seed: int) -> dict[str, Any]:
-    """One warm-up step, then `repeats` timed steps from the same seed; `step` returns (rollout s, update s, tokens)."""
+Step = Callable[[], tuple[float, float, int, float | None]]
+"""One benchmarked step: (rollout s, update s, tokens, peak MB of the update alone or None)."""
+
+
+def measure(step: Step, repeats: int, device: torch.device, seed: int) -> dict[str, Any]:
+    """One warm-up step, then `repeats` timed steps from the same seed."""
     seed_everything(seed)
-    step()
+    warmup = step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -149,9 +156,25 @@ def measure(step: Callable[[], tuple[float, float, int]], repeats: int, device: 
         runs.append(step())
     rollout_s = statistics.median(r[0] for r in runs)
     tokens = runs[-1][2]
+    update_peaks = [r[3] for r in runs if r[3] is not None]
     return {"step_s": statistics.median(r[0] + r[1] for r in runs), "steps_s": [r[0] + r[1] for r in runs],
-            "rollout_s": rollout_s, "update_s": statistics.median(r[1] for r in runs), "tokens": tokens,
-            "rollout_tokens_per_s": tokens / rollout_s, "peak_memory_mb": _peak_memory_mb(device)}
+            "warmup_s": warmup[0] + warmup[1], "rollout_s": rollout_s,
+            "update_s": statistics.median(r[1] for r in runs), "tokens": tokens,
+            "rollout_tokens_per_s": tokens / rollout_s, "peak_memory_mb": _peak_memory_mb(device),
+            "update_peak_memory_mb": max(update_peaks) if update_peaks else None}
+
+
+def model_facts(model: Any) -> dict[str, Any]:
+    """Parameter counts, the bytes of all weights (what one decode step reads) and KV-cache bytes per token."""
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    params = list(model.parameters())
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = params[0].element_size()
+    return {"parameters": sum(p.numel() for p in params),
+            "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+            "weight_bytes": sum(p.numel() * p.element_size() for p in params),
+            "kv_bytes_per_token": 2 * config.num_hidden_layers * kv_heads * head_dim * element}
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
@@ -162,8 +185,9 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",)) -> dict[str, Any]:
-    """Benchmark the prototype's step and ours with each of `engines`; return the results (also bench.json)."""
+def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",), prototype: bool = True) -> dict[str, Any]:
+    """Benchmark the prototype's step (unless `prototype=False`) and ours with each of `engines`; return the results
+    (also bench.json)."""
     if repeats < 1:
         raise GrpoAoError(f"--repeats {repeats}: the bench needs at least 1 timed step per variant.")
     bad = [e for e in engines if e not in VARIANTS[1:]]
@@ -179,15 +203,15 @@ def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",)) ->
     optimizer, _ = optimizer_and_scheduler(model, cfg.grpo.lr, 0.0, 0, "constant", cfg.grpo.max_steps)
     model.eval()
 
-    def prototype_step() -> tuple[float, float, int]:
+    def prototype_step() -> tuple[float, float, int, float | None]:
         t_roll, groups = _timed(lambda: prototype_rollouts(
             model, tokenizer, prototype_inputs(model, tokenizer, tasks, spec=spec), sampling, spec=spec), device)
         t_upd, _ = _timed(lambda: prototype_update(model, groups, optimizer, spec=spec,
                                                    temperature=sampling.temperature), device)
-        return t_roll, t_upd, sum(int(r.lengths.sum()) for r in groups)
+        return t_roll, t_upd, sum(int(r.lengths.sum()) for r in groups), None
 
-    def our_step(engine: Any) -> Callable[[], tuple[float, float, int]]:
-        def step() -> tuple[float, float, int]:
+    def our_step(engine: Any) -> Step:
+        def step() -> tuple[float, float, int, float | None]:
             t_roll, rollouts = _timed(lambda: engine.generate(
                 build_oracle_inputs(model, tokenizer, tasks, spec=spec), sampling), device)
 
@@ -195,25 +219,32 @@ def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",)) ->
                 micro_batched_update(model, rollouts, optimizer, mbs, spec=spec, temperature=sampling.temperature)
                 engine.after_step(model, tokenizer)
 
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             t_upd, _ = _timed(update, device)
-            return t_roll, t_upd, int(rollouts.lengths.sum())
+            update_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+            return t_roll, t_upd, int(rollouts.lengths.sum()), update_peak
         return step
 
-    results = {"prototype": measure(prototype_step, repeats, device, cfg.seed)}
+    parity_inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
+    results = {"prototype": measure(prototype_step, repeats, device, cfg.seed)} if prototype else {}
     for name in engines:
         engine = build_engine(replace(cfg.rollout, engine=name), model, tokenizer, spec=spec, dtype=cfg.model.dtype,
                               device=str(device), seed=cfg.seed, work_dir=run_dir / "engine",
-                              parity_inputs=build_oracle_inputs(model, tokenizer, tasks, spec=spec))
+                              parity_inputs=parity_inputs)
         try:
             results[name] = measure(our_step(engine), repeats, device, cfg.seed)
         finally:
             engine.close()
     for v in results.values():
-        v["speedup_vs_prototype"] = results["prototype"]["step_s"] / v["step_s"]
+        v["speedup_vs_prototype"] = results["prototype"]["step_s"] / v["step_s"] if prototype else None
     result = {
         "config": cfg.name, "device": str(device), "B": len(tasks), "G": sampling.num_generations,
         "N": len(tasks) * sampling.num_generations, "max_new_tokens": sampling.max_new_tokens,
         "micro_batch_size": mbs, "repeats": repeats, "dtype": cfg.model.dtype,
+        "source": cfg.model.source, "compiled": is_compiled(model),
+        "prompt_tokens_mean": float(parity_inputs.prompt_mask.sum(dim=1).float().mean()),
+        "model": model_facts(model),
         "memory_source": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
         "variants": results,
     }
@@ -231,9 +262,11 @@ def print_table(result: dict[str, Any]) -> None:
                         f"micro-batch={result['micro_batch_size']} · median of {result['repeats']} steps")
     table.caption = ("peak MB: torch.cuda.max_memory_allocated per variant" if result["memory_source"] ==
                      "cuda_max_allocated" else "peak MB: process peak RSS so far (grows; not per variant)")
-    for col in ("variant", "s/step", "rollout s", "rollout tok/s", "update s", "peak MB", "vs prototype"):
+    for col in ("variant", "s/step", "warm-up s", "rollout s", "rollout tok/s", "update s", "peak MB", "vs prototype"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for name, v in result["variants"].items():
-        table.add_row(name, f"{v['step_s']:.3f}", f"{v['rollout_s']:.3f}", f"{v['rollout_tokens_per_s']:.1f}",
-                      f"{v['update_s']:.3f}", f"{v['peak_memory_mb']:.0f}", f"{v['speedup_vs_prototype']:.2f}×")
+        speedup = v["speedup_vs_prototype"]
+        table.add_row(name, f"{v['step_s']:.3f}", f"{v['warmup_s']:.3f}", f"{v['rollout_s']:.3f}",
+                      f"{v['rollout_tokens_per_s']:.1f}", f"{v['update_s']:.3f}", f"{v['peak_memory_mb']:.0f}",
+                      "–" if speedup is None else f"{speedup:.2f}×")
     Console().print(table)
