@@ -89,7 +89,9 @@ def test_prototype_update_and_micro_batched_update_give_the_same_gradient(tmp_pa
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg)
     spec = oracle_spec(cfg)
-    inputs = build_oracle_inputs(model, tokenizer, task_sampler(cfg.data, tokenizer).next_batch(2), spec=spec)
+    tasks = task_sampler(cfg.data, tokenizer).next_batch(16)
+    inputs = next(x for x in (build_oracle_inputs(model, tokenizer, [tasks[0], t], spec=spec) for t in tasks[1:])
+                  if (x.prompt_mask == 0).any())  # two prompts of different token lengths
     rollouts = generate_rollouts(model, tokenizer, inputs, SamplingConfig(2, max_new_tokens=6), spec=spec)
     assert (inputs.prompt_mask == 0).any(), "the prompts should differ in length so padding is exercised"
     params = trainable_parameters(model)
