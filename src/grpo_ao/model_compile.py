@@ -21,8 +21,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.models import decoder_layers
 

@@ -20,11 +20,21 @@ class MissingModule:
     def __init__(self, package: str, needed_for: str) -> None:
         self._package, self._needed_for = package, needed_for
 
+    def error(self) -> GrpoAoError:
+        return GrpoAoError(f"{self._needed_for} needs the `{self._package}` package, which is not installed: "
+                           f"pip install {self._package}")
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # hasattr/copy/inspect probes get the ordinary answer
             raise AttributeError(name)
-        raise GrpoAoError(f"{self._needed_for} needs the `{self._package}` package, which is not installed: "
-                          f"pip install {self._package}")
+        raise self.error()
+
+
+def require_installed(module: Any) -> None:
+    """Raise the MissingModule's GrpoAoError when `module` is a stand-in (to fail when a component is built,
+    not inside a call whose errors are counted as failures)."""
+    if isinstance(module, MissingModule):
+        raise module.error()
 
 
 def dotenv_values(path: str | Path) -> dict[str, str | None]:

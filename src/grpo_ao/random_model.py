@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.models import RANDOM_MARKER, DTYPES, build_tiny_tokenizer, random_architecture_config, random_architectures
+from grpo_ao.models import (
+    DTYPES,
+    RANDOM_MARKER,
+    build_tiny_tokenizer,
+    random_architecture_config,
+    random_architectures,
+)
 
 # keys of a hub config.json that describe the file, not the architecture
 _FILE_KEYS = ("architectures", "torch_dtype", "dtype", "transformers_version", "_name_or_path")
