@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import gc
 import importlib.util
 import json
@@ -48,7 +47,7 @@ SMOKE = {"config": "tiny", "budget_s": 120, "repeats": 1, "parity_prompts": 2, "
          "bytes": 2**24, "matmul": 256,
          "overrides": ["model.source=random", "model.adapter=null", "model.device=cpu", "judge.kind=reference",
                        "sampling.num_generations=2", "sampling.max_new_tokens=6", "grpo.prompts_per_step=2",
-                       "grpo.micro_batch_size=4"]}
+                       "grpo.micro_batch_size=4", "grpo.gradient_checkpointing=true"]}
 COMMON = ["logging.progress=false", "logging.tensorboard=false", "logging.wandb_project=null",
           "logging.push_to_hub=null"]
 MIN_S = {"bench_eager": 60, "grpo_steps": 60, "parity": 45, "bench_compiled": 120}
@@ -143,8 +142,9 @@ def env_part() -> dict[str, Any]:
     gpu = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        gpu = {"name": props.name, "memory_gib": props.total_memory / 2**30, "capability": f"{props.major}.{props.minor}",
-               "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
+        gpu = {"name": props.name, "memory_gib": props.total_memory / 2**30,
+               "capability": f"{props.major}.{props.minor}", "count": torch.cuda.device_count(),
+               "cuda": torch.version.cuda}
     missing = [m for m in OPTIONAL if not _importable(m)]
     print(f"[gpu_check] versions {versions}\n[gpu_check] gpu {gpu}\n[gpu_check] missing optional packages {missing}")
     return {"versions": versions, "gpu": gpu, "missing_optional": missing}
@@ -211,7 +211,8 @@ def grpo_part(plan: dict[str, Any], scratch: Path) -> dict[str, Any]:
 
 
 def parity_part(plan: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    """bf16 vs fp32, the same random weights (the bf16 model is a cast copy of the fp32 one)."""
+    """bf16 vs fp32, the same random weights: the fp32 model's weights copied (rounded) into a bf16 one loaded as a
+    bf16 run loads it (the LoRA stays fp32 there, as peft keeps it), so only the dtype differs."""
     import torch
 
     from grpo_ao.recipes.setup import load_oracle, oracle_spec, task_sampler
@@ -219,7 +220,13 @@ def parity_part(plan: dict[str, Any], scratch: Path) -> dict[str, Any]:
 
     cfg = load(plan, scratch, "parity", ["model.dtype=float32", "model.compile=false"])
     model32, tokenizer = load_oracle(cfg, trainable=False)
-    model16 = copy.deepcopy(model32).to(torch.bfloat16)
+    model16, _ = load_oracle(load(plan, scratch, "parity", ["model.dtype=bfloat16", "model.compile=false"]),
+                             trainable=False)
+    with torch.no_grad():
+        pairs = list(zip(model16.named_parameters(), model32.named_parameters(), strict=True))
+        assert all(n16 == n32 for (n16, _), (n32, _) in pairs), "the two models must have the same parameters"
+        for (_, p16), (_, p32) in pairs:
+            p16.copy_(p32)
     spec = oracle_spec(cfg)
     tasks = task_sampler(cfg.data, tokenizer).next_batch(plan["parity_prompts"])
     greedy = SamplingConfig(1, max_new_tokens=plan["parity_tokens"], greedy=True)
@@ -235,7 +242,7 @@ def parity_part(plan: dict[str, Any], scratch: Path) -> dict[str, Any]:
 
     def gap(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
         d = (a - b).abs()[mask]
-        return {"max": float(d.max()), "mean": float(d.mean())}
+        return {"max": float(d.max()), "mean": float(d.mean())} if d.numel() else {"max": None, "mean": None}
 
     same = rollouts["bf16"].completion_ids == rollouts["fp32"].completion_ids  # [n, T]
     first_split = [int((~row).nonzero()[0]) if (~row).any() else row.numel() for row in same]
@@ -269,12 +276,13 @@ def derive(report: dict[str, Any]) -> None:
     eager, comp = parts.get("bench_eager", {}), parts.get("bench_compiled", {})
     if eager.get("status") == comp.get("status") == "ok":
         e, c = eager["bench"]["variants"]["hf"], comp["bench"]["variants"]["hf"]
-        report["compiled_vs_eager"] = {"rollout": e["rollout_s"] / c["rollout_s"], "update": e["update_s"] / c["update_s"],
-                                       "step": e["step_s"] / c["step_s"]}
+        report["compiled_vs_eager"] = {"rollout": e["rollout_s"] / c["rollout_s"],
+                                       "update": e["update_s"] / c["update_s"], "step": e["step_s"] / c["step_s"]}
 
 
 def write(out: Path, report: dict[str, Any]) -> None:
-    for name, text in (("gpu_check.json", json.dumps(report, indent=2, default=str)), ("gpu_check.md", markdown(report))):
+    texts = {"gpu_check.json": json.dumps(report, indent=2, default=str), "gpu_check.md": markdown(report)}
+    for name, text in texts.items():
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / name)
@@ -282,6 +290,31 @@ def write(out: Path, report: dict[str, Any]) -> None:
 
 def _fmt(x: Any, spec: str = ".3g") -> str:
     return "–" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
+
+
+def _not_ok(name: str, part: dict[str, Any]) -> str:
+    return f"| {name} | {part.get('status', 'not run')}: {part.get('error', part.get('reason', ''))[:120]} |"
+
+
+def _bench_rows(name: str, part: dict[str, Any]) -> list[str]:
+    b, v, r = part["bench"], part["bench"]["variants"]["hf"], part.get("roofline", {})
+    shape = (f"B={b['B']} G={b['G']} T={b['max_new_tokens']} forced, {b['dtype']}, "
+             f"{b['model']['parameters'] / 1e6:.4g} M params")
+    return [f"| {name} ({shape}): rollout | {_fmt(v['rollout_s'])} s, {_fmt(v['rollout_tokens_per_s'], '.0f')} tok/s |",
+            f"| {name}: decode-step roofline, weights / weights + KV | {_fmt(r.get('fraction_weights'))} / "
+            f"{_fmt(r.get('fraction_weights_kv'))} (ideal {_fmt(r.get('ideal_step_s_weights'))} s per step) |",
+            f"| {name}: one GRPO update | {_fmt(v['update_s'])} s, peak {_fmt(v['update_peak_memory_mb'], '.0f')} MB |",
+            f"| {name}: step / warm-up / peak | {_fmt(v['step_s'])} s / {_fmt(v['warmup_s'])} s / "
+            f"{_fmt(v['peak_memory_mb'], '.0f')} MB |"]
+
+
+def _parity_rows(pa: dict[str, Any]) -> list[str]:
+    inj, eff16, eff32 = (pa["logprob_gap_bf16_vs_fp32_injected"], pa["injection_effect_bf16"],
+                         pa["injection_effect_fp32"])
+    return [f"| parity bf16 vs fp32, injected: max / mean abs Δ logprob | {_fmt(inj['max'])} / {_fmt(inj['mean'])} |",
+            f"| injection effect, bf16 / fp32: mean abs Δ logprob | {_fmt(eff16['mean'])} / {_fmt(eff32['mean'])} |",
+            f"| greedy rows identical bf16 vs fp32 | {pa['greedy_rows_identical']}/{pa['prompts']} "
+            f"(first split at {pa['greedy_first_split']}) |"]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -299,34 +332,17 @@ def markdown(report: dict[str, Any]) -> str:
               f"| bf16 matmul {bw.get('bf16_matmul_size')}³ | {_fmt(bw.get('bf16_matmul_tflop_s'), '.0f')} TFLOP/s |"]
     for name in ("bench_eager", "bench_compiled"):
         part = parts.get(name, {})
-        if part.get("status") != "ok":
-            lines.append(f"| {name} | {part.get('status', 'not run')}: {part.get('error', part.get('reason', ''))[:120]} |")
-            continue
-        b, v, r = part["bench"], part["bench"]["variants"]["hf"], part.get("roofline", {})
-        tag = f"{name} (B={b['B']} G={b['G']} T={b['max_new_tokens']} forced, {b['dtype']}, {b['model']['parameters'] / 1e6:.4g} M params)"
-        lines += [f"| {tag}: rollout | {_fmt(v['rollout_s'])} s, {_fmt(v['rollout_tokens_per_s'], '.0f')} tok/s |",
-                  f"| {name}: decode-step roofline (weights / weights+KV) | {_fmt(r.get('fraction_weights'))}"
-                  f" / {_fmt(r.get('fraction_weights_kv'))} of {_fmt(r.get('ideal_step_s_weights'))} s ideal |",
-                  f"| {name}: one GRPO update | {_fmt(v['update_s'])} s, peak {_fmt(v['update_peak_memory_mb'], '.0f')} MB |",
-                  f"| {name}: step / warm-up / peak | {_fmt(v['step_s'])} s / {_fmt(v['warmup_s'])} s / "
-                  f"{_fmt(v['peak_memory_mb'], '.0f')} MB |"]
+        lines += _bench_rows(name, part) if part.get("status") == "ok" else [_not_ok(name, part)]
     if "compiled_vs_eager" in report:
         c = report["compiled_vs_eager"]
-        lines.append(f"| compiled ÷ eager speed-up (rollout / update / step) | {c['rollout']:.2f}× / {c['update']:.2f}× / "
-                     f"{c['step']:.2f}× |")
+        lines.append(f"| compiled ÷ eager speed-up, rollout / update / step | {c['rollout']:.2f}× / "
+                     f"{c['update']:.2f}× / {c['step']:.2f}× |")
     g = parts.get("grpo_steps", {})
-    steps = g.get("steps") or []
-    lines.append(f"| 3 GRPO steps, reference judge | {g.get('status', 'not run')}: "
-                 + (", ".join(f"{_fmt(s['time/step_s'])} s" for s in steps) or g.get("error", "")[:120]) + " |")
+    steps = ", ".join(f"{_fmt(s['time/step_s'])} s" for s in g.get("steps") or [])
+    done = steps or g.get("error", "")[:120]
+    lines.append(f"| 3 GRPO steps, reference judge | {g.get('status', 'not run')}: {done} |")
     pa = parts.get("parity", {})
-    if pa.get("status") == "ok":
-        lines += [f"| parity bf16 vs fp32, injected: max / mean abs Δ logprob | "
-                  f"{_fmt(pa['logprob_gap_bf16_vs_fp32_injected']['max'])} / {_fmt(pa['logprob_gap_bf16_vs_fp32_injected']['mean'])} |",
-                  f"| injection effect (bf16 / fp32): mean abs Δ logprob | {_fmt(pa['injection_effect_bf16']['mean'])} / "
-                  f"{_fmt(pa['injection_effect_fp32']['mean'])} |",
-                  f"| greedy rows identical bf16 vs fp32 | {pa['greedy_rows_identical']}/{pa['prompts']} (first split {pa['greedy_first_split']}) |"]
-    else:
-        lines.append(f"| parity | {pa.get('status', 'not run')}: {pa.get('error', pa.get('reason', ''))[:120]} |")
+    lines += _parity_rows(pa) if pa.get("status") == "ok" else [_not_ok("parity", pa)]
     return "\n".join(lines) + "\n"
 
 

@@ -106,3 +106,16 @@ def test_prototype_update_and_micro_batched_update_give_the_same_gradient(tmp_pa
     assert any(g.abs().sum() > 0 for g in ours), "the surrogate loss produced no gradient"
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_bench_without_the_prototype_reports_the_model_and_the_update_alone(tmp_path):
+    cfg = load_config("tiny", [f"logging.output_dir={tmp_path}", "model.source=random", *SMALL])
+    result = bench.run(cfg, repeats=1, engines=("hf",), prototype=False)
+    assert set(result["variants"]) == {"hf"} and result["variants"]["hf"]["speedup_vs_prototype"] is None
+    hf = result["variants"]["hf"]
+    assert hf["warmup_s"] > 0 and hf["update_peak_memory_mb"] is None, "per-update peak memory only on CUDA"
+    facts = result["model"]
+    # qwen3-tiny, fp32: 8 blocks of K/V 2 heads × 16 → 2·8·2·16·4 bytes per token; weights 4 bytes per parameter
+    assert facts["kv_bytes_per_token"] == 2 * 8 * 2 * 16 * 4
+    assert facts["weight_bytes"] == 4 * facts["parameters"] and 0 < facts["trainable_parameters"] < facts["parameters"]
+    assert (result["source"], result["compiled"]) == ("random", False) and result["prompt_tokens_mean"] > 0

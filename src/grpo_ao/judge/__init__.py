@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from grpo_ao.judge import chat
 from grpo_ao.judge.chat import ChatCaller, ReplyFormat, read_api_key, run_sync
 from grpo_ao.judge.config import DEFAULT_TEMPLATE, JUDGE_KINDS, REASONING_LEVELS, JudgeConfig
 from grpo_ao.judge.expand import (
@@ -32,6 +33,7 @@ from grpo_ao.judge.items import Judge, JudgeItem, JudgeResult, JudgeStats
 from grpo_ao.judge.offline import ConstantJudge, ReferenceJudge
 from grpo_ao.judge.openai_judge import OpenAIJudge
 from grpo_ao.judge.reply import parse_reply, render_prompt
+from grpo_ao.optional import require_installed
 
 __all__ = [
     "DEFAULT_TEMPLATE", "NOT_JUDGED_UNPARSED", "REASONING_LEVELS", "AnswerExpander", "ChatCaller",
@@ -46,6 +48,7 @@ NOT_JUDGED_UNPARSED = "not judged: the epistemic-status tag did not parse (judge
 
 
 def _build_openai(cfg: JudgeConfig, cache_path: Path | None) -> Judge:
+    require_installed(chat.openai)  # without the package every call would fail, each counted as a judge failure
     return OpenAIJudge(cfg, read_api_key(cfg, "set judge.kind=reference to run offline"), cache_path)
 
 
