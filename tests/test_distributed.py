@@ -67,7 +67,9 @@ def _assert_same_adapter(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert a.keys() == b.keys() and len(a) > 0
     assert any(v.abs().max() > 0 for k, v in a.items() if "lora_B" in k), "training moved the LoRA weights"
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+        # the all-reduce sums in another order than one process: ~1e-7 gradient differences that Adam's
+        # normalisation can grow to ~1e-4 relative after a few steps (a data or normaliser bug is O(1))
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-3)
 
 
 def _metrics(run_dir: Path) -> list[dict]:
