@@ -176,23 +176,23 @@ def test_a_seeded_call_samples_the_same_completions_whatever_the_engine_ran_befo
     assert not torch.equal(*unseeded), "without a seed, consecutive calls sample differently"
 
 
-def _question_of_length(tok, tokens):
-    """A question whose oracle prompt (K = 3) has exactly `tokens` tokens."""
+def _near_the_length_limit(tok, seed):
+    """Two oracle prompts (K = 3) that leave 4 to 8 tokens of room below MAX_MODEL_LEN, and that room."""
     words = "cooking sports music weather science travel animals space money health code python food".split()
     for n in range(400):
         question = " ".join(words[i % len(words)] for i in range(n)) + " ?"
-        length = int(oracle_inputs(tok, [3], questions=[question]).prompt_mask.sum())
-        if length == tokens:
-            return question
-        assert length < tokens, f"no question of {tokens} prompt tokens (stepped from {length - 1} to {length})"
-    raise AssertionError("unreachable")
+        inputs = oracle_inputs(tok, [3, 3], seed=seed, questions=[question])
+        room = MAX_MODEL_LEN - int(inputs.prompt_mask[0].sum())
+        if room <= 8:
+            assert room >= 4, f"stepped past the window (room {room})"
+            return inputs, room
+    raise AssertionError("no question long enough")
 
 
 def test_a_completion_cut_by_max_model_len_is_truncated_and_its_pad_stays_out_of_the_mask(qwen3, engine):
     tok = qwen3[1]
     assert tok.pad_token_id in engine.eos_ids, "here, as Qwen3's <|endoftext|>, the pad is an end-of-turn id"
-    room = 5
-    inputs = oracle_inputs(tok, [3, 3], seed=15, questions=[_question_of_length(tok, MAX_MODEL_LEN - room)])
+    inputs, room = _near_the_length_limit(tok, seed=15)
     for ro in (engine_greedy(engine, inputs, 16), engine.generate(inputs, SamplingConfig(
             num_generations=2, temperature=1.0, max_new_tokens=16), seed=3)):
         assert not torch.isin(ro.completion_ids[:, :room], torch.tensor(engine.eos_ids)).any(), "none ended early"

@@ -9,14 +9,14 @@ tolerance, the split is reported (`ParityReport.confident_splits`), not failed.
 
 Run at start-up (after the first weight sync) and every `rollout.parity_every` syncs. On a failure the message
 names the likely cause, narrowed by two cheap re-runs: with the prefix cache emptied (stale or unsalted cache) and
-against the HF model with its adapter off (weights never synced).
+against the HF model with its adapter off (weights never synced), each prompt alone.
 
 We deliberately do not demand equal greedy tokens any more: in bfloat16 that fails ordinary runs on ties.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -94,14 +94,26 @@ def _hf_logprobs(model: Any, rollouts: Rollouts, spec: Any, adapter: bool = True
         return completion_logprobs(model, rollouts, 1.0, spec=spec).float().cpu()
 
 
+def _alone(inputs: OracleInputs, b: int) -> OracleInputs:
+    """Prompt b of `inputs` on its own (its row keeps the batch's left padding)."""
+    return replace(inputs, prompt_ids=inputs.prompt_ids[b:b + 1], prompt_mask=inputs.prompt_mask[b:b + 1],
+                   positions=inputs.positions[b:b + 1], vectors=inputs.vectors[b:b + 1], layers=inputs.layers[b:b + 1])
+
+
 def diagnose(engine: Any, model: Any, inputs: OracleInputs, greedy: SamplingConfig, tol: float) -> str:
-    """The likely cause of a logprob gap above `tol`, from two re-runs."""
-    engine.llm.reset_prefix_cache()
-    fresh = engine.generate(inputs, greedy)  # with nothing cached
-    if max_logprob_gap(fresh, _hf_logprobs(model, fresh, engine.spec)) <= tol:
+    """The likely cause of a logprob gap above `tol`, from re-runs of each prompt alone on an emptied prefix cache
+    (nothing cached, not even a batch neighbour's blocks, can reach it): against HF, and HF with its adapter off."""
+    on, off = 0.0, 0.0
+    for b in range(inputs.prompt_ids.shape[0]):
+        engine.llm.reset_prefix_cache()
+        fresh = engine.generate(_alone(inputs, b), greedy)
+        on = max(on, max_logprob_gap(fresh, _hf_logprobs(model, fresh, engine.spec)))
+        off = max(off, max_logprob_gap(fresh, _hf_logprobs(model, fresh, engine.spec, adapter=False)))
+    engine.llm.reset_prefix_cache()  # what the re-runs cached is not the check's business
+    if on <= tol:
         return ("the prefix cache served KV computed under other weights or another injection (a weight sync "
                 "without a cache reset, or prompts sent without their cache_salt)")
-    if max_logprob_gap(fresh, _hf_logprobs(model, fresh, engine.spec, adapter=False)) <= tol:
+    if off <= tol:
         return ("stale weights: the engine samples the base model without the adapter; call "
                 "engine.sync_weights(model) after loading the adapter and after every optimizer step")
     return (f"a different forward: the injection layer or coefficient (engine: block {engine.spec.injection_layer}, "
