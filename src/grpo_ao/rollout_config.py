@@ -14,10 +14,10 @@ ENGINES = ("hf", "vllm")
 WEIGHT_SYNCS = ("merge", "lora")
 PARITY_LOGPROB_TOL = {"float32": 0.02, "bfloat16": 0.25, "float16": 0.25}
 """The parity check's default tolerance per model dtype (`rollout.parity_logprob_tol: null`): the largest
-|vLLM logprob − HF training-forward logprob| on the engine's own sampled ids. Chosen from
-`scripts/parity_measure.py` on SmolLM2-135M (CPU, vLLM 0.32 CPU build): a margin above the p99.9-level
-largest gaps measured in that dtype, far below what a wrong layer, stale weights or a missing injection give.
-float16 was not measured (vLLM's CPU build runs bf16/fp32): it takes bfloat16's value."""
+|vLLM logprob − HF training-forward logprob| on the engine's own greedy ids. float32 keeps the earlier 0.02 (fp32
+CPU gaps measured ~1e-5). bfloat16 0.25 is PROVISIONAL: `scripts/parity_measure.py` measures the gaps per dtype
+(and what a wrong layer, stale weights or a missing injection give); set it from that measurement. float16 takes
+bfloat16's value (vLLM's CPU build cannot measure it)."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,9 @@ class RolloutConfig:
     """Greedy tokens per prompt the parity check samples with the engine and scores with the HF forward."""
     parity_logprob_tol: float | None = None
     """Largest |vLLM logprob − HF training-forward logprob| on the engine's own greedy tokens (teacher-forced)
-    before the run stops. null = the measured default for model.dtype: float32 0.02, bfloat16 0.25, float16 0.25
-    (`rollout_config.PARITY_LOGPROB_TOL`; measurement in docs/RESULTS.md). Greedy paths that part from HF's are
-    reported, not failed, where HF's top-1 margin exceeds it."""
+    before the run stops. null = the default for model.dtype: float32 0.02, bfloat16 0.25, float16 0.25
+    (`rollout_config.PARITY_LOGPROB_TOL`; `scripts/parity_measure.py` measures the gaps). Greedy paths that part
+    from HF's are reported, not failed, where HF's top-1 margin exceeds it."""
     parity_every: int = 0
     """Repeat the parity check after every N weight syncs; 0 = only at start-up."""
 
