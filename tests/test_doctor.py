@@ -156,6 +156,25 @@ def test_gpu_memory_compares_the_estimate_with_the_card(monkeypatch, model_dir, 
     assert found.status == status and "need ≈ 25.7 GiB" in found.detail, found
 
 
+def test_gpu_memory_leaves_vllms_share_of_the_card_to_vllm(monkeypatch, model_dir):
+    # need ≈ 25.7 GiB as above (vLLM samples: no trainer-side KV cache, and activations dominate it anyway).
+    # 40 GiB card, 30 free: the HF engine fits (30 ≥ 25.7); with vLLM's 0.3 · 40 = 12 GiB taken, 18 < 25.7 is left
+    _fake_gpu(monkeypatch, 30, 40)
+    hf = doctor.check_gpu_memory(load_config("qwen3-8b", [f"model.source={model_dir}"]))
+    vllm = doctor.check_gpu_memory(load_config("qwen3-8b", [f"model.source={model_dir}", "rollout.engine=vllm"]))
+    assert hf.status == "OK" and "vLLM" not in hf.detail, hf
+    assert vllm.status == "WARN" and "need ≈ 25.7 GiB" in vllm.detail, vllm
+    assert "rollout.vllm_gpu_memory_utilization=0.3 of it (12.0 GiB)" in vllm.detail, vllm
+    assert "the trainer gets the other 70%: 18.0 GiB free of 28.0 GiB" in vllm.detail, vllm
+    assert "lower rollout.vllm_gpu_memory_utilization" in vllm.fix, vllm
+    # 24 GiB card: weights + LoRA (17.9 GiB) fit the card but not the trainer's 0.5 · 24 = 12 GiB of it
+    _fake_gpu(monkeypatch, 24, 24)
+    half = load_config("qwen3-8b", [f"model.source={model_dir}", "rollout.engine=vllm",
+                                    "rollout.vllm_gpu_memory_utilization=0.5"])
+    assert doctor.check_gpu_memory(half).status == "FAIL"
+    assert doctor.check_gpu_memory(load_config("qwen3-8b", [f"model.source={model_dir}"])).status == "WARN"
+
+
 def test_gpu_memory_is_unknown_warn_for_an_uncached_hub_model(monkeypatch):
     _fake_gpu(monkeypatch, 70, 80)
     found = doctor.check_gpu_memory(load_config("qwen3-8b", ["model.source=nobody/not-cached-model"]))

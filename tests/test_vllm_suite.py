@@ -26,7 +26,7 @@ def test_vllm_environment_imports_vllm_and_this_checkout():
 
 def test_vllm_engine_tests_pass_in_the_vllm_environment():
     files = sorted(VLLM_TESTS.glob("test_*.py"))
-    assert len(files) == 4, [f.name for f in files]
+    assert len(files) == 5, [f.name for f in files]
     done = subprocess.run([str(VLLM_PYTHON), "-m", "pytest", str(VLLM_TESTS), "-p", "no:cacheprovider",
                            "-p", "no:warnings"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""

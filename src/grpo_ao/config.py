@@ -24,13 +24,13 @@ import yaml
 
 from grpo_ao.data import DataConfig, load_examples
 from grpo_ao.data.config import BUILTIN_SOURCES
-from grpo_ao.engine import RolloutConfig
 from grpo_ao.errors import GrpoAoError, require
 from grpo_ao.format import ORACLE_SYSTEM_PROMPT, SYSTEM_PROMPT_MODES
 from grpo_ao.judge import JudgeConfig
 from grpo_ao.models import LoraSettings, ModelConfig
 from grpo_ao.reward import RewardConfig
 from grpo_ao.rollout import SamplingConfig
+from grpo_ao.rollout_config import RolloutConfig
 
 STAGES = ("ao_sft", "sft", "grpo", "eval")
 """The stages `grpo-ao run` knows, in the only order it runs them."""

@@ -145,22 +145,33 @@ def gib(n: float) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
-def memory_finding(estimate: MemoryEstimate, free: int, total: int, device: str) -> Finding:
-    """Compare the estimate with a GPU's free and total memory.
+def memory_finding(estimate: MemoryEstimate, free: int, total: int, device: str, vllm_share: float = 0.0) -> Finding:
+    """Compare the estimate with a GPU's free and total memory, less vLLM's share when it shares the GPU.
 
-    FAIL when the weights and LoRA states alone exceed the card (certain to fail), WARN when the whole estimate
-    exceeds what is free now (a rule of thumb, or another process holds memory), OK otherwise.
+    With a vLLM engine on the same GPU (`rollout.vllm_gpu_memory_utilization` = s > 0), vLLM takes s·total for
+    its weights and KV cache, so the trainer has (1 − s)·total of the card and free − s·total of what is free
+    now. FAIL when the weights and LoRA states alone exceed the trainer's part of the card (certain to fail), WARN
+    when the whole estimate exceeds the trainer's part of what is free now (a rule of thumb, or another process
+    holds memory), OK otherwise.
     """
     e = estimate
+    reserved = int(vllm_share * total)  # vLLM's weights + KV cache
+    card, room = total - reserved, free - reserved
     parts = (f"need ≈ {gib(e.total)} (weights {gib(e.weights)}, LoRA+AdamW {gib(e.lora)}, "
              f"max(KV cache {gib(e.kv_cache)}, activations {gib(e.activations)}), CUDA {gib(e.overhead)}); "
              f"{device}: {gib(free)} free of {gib(total)}")
-    if e.weights + e.lora > total:
+    if vllm_share:
+        parts += (f"; vLLM takes rollout.vllm_gpu_memory_utilization={vllm_share:g} of it ({gib(reserved)}), the "
+                  f"trainer gets the other {1 - vllm_share:.0%}: {gib(max(room, 0))} free of {gib(card)}")
+    share_fix = ", or a lower rollout.vllm_gpu_memory_utilization" if vllm_share else ""
+    if e.weights + e.lora > card:
         return Finding("gpu memory", "FAIL", parts, "the weights alone do not fit this GPU: use a GPU with more "
-                       "memory, model.dtype=bfloat16, a smaller lora.r, or shard the model across GPUs (FSDP).")
-    if e.total > free:
+                       f"memory, model.dtype=bfloat16, a smaller lora.r, or shard the model across GPUs (FSDP)"
+                       f"{share_fix}.")
+    if e.total > room:
         return Finding("gpu memory", "WARN", parts, "lower grpo.micro_batch_size or sampling.max_new_tokens, turn on "
-                       "grpo.gradient_checkpointing if it is off, or free the GPU (nvidia-smi shows who holds it).")
+                       "grpo.gradient_checkpointing if it is off, or free the GPU (nvidia-smi shows who holds it)"
+                       f"{share_fix}.")
     return Finding("gpu memory", "OK", parts)
 
 

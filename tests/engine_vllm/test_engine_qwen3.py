@@ -1,9 +1,11 @@
 """The engine on the tiny Qwen3 (eager): injected greedy = HF injected greedy, mixed batches, sampled rollouts,
-the prefix-cache trap and the parity check. One engine for the module."""
+seeded sampling, completions cut by max_model_len, the prefix-cache trap and the parity check. One engine for the
+module."""
 
 import pytest
 import torch
 from vllm_helpers import (
+    MAX_MODEL_LEN,
     assert_same_greedy,
     engine_greedy,
     hf_greedy,
@@ -139,6 +141,7 @@ def test_parity_check_passes_on_the_right_engine(qwen3, engine):
     model, tok = qwen3
     report = engine.parity_check(model, tok, oracle_inputs(tok, [3, 1, 5], seed=4))
     assert report.prompts == 3 and report.tokens_compared > 0 and report.max_abs_logprob_diff <= 1e-4
+    assert report.tolerance == 1e-4 and report.splits == ()  # float32: the greedy paths are HF's
 
 
 def test_parity_check_names_the_injection_layer_when_the_engine_steers_another_block(qwen3, engine):
@@ -157,3 +160,77 @@ def test_a_head_size_the_cpu_attention_lacks_is_a_user_error(tmp_path):
 
     with pytest.raises(GrpoAoError, match="head sizes"):
         start_engine(*build_tiny_model_and_tokenizer(0), tmp_path)  # the `tiny` config's Qwen3: head_dim 16
+
+
+def test_a_seeded_call_samples_the_same_completions_whatever_the_engine_ran_before(qwen3, engine):
+    tok = qwen3[1]
+    inputs = oracle_inputs(tok, [3, 2], seed=13)
+    sampling = SamplingConfig(num_generations=4, temperature=1.0, max_new_tokens=12)
+    first = engine.generate(inputs, sampling, seed=21)
+    engine.generate(oracle_inputs(tok, [1, 4, 2], seed=14), sampling)  # other requests advance vLLM's generator
+    again = engine.generate(inputs, sampling, seed=21)  # as on another rank, or after a resume
+    assert torch.equal(first.completion_ids, again.completion_ids)
+    assert (first.sampling_logprobs - again.sampling_logprobs).abs().max() <= 1e-5
+    assert not torch.equal(engine.generate(inputs, sampling, seed=22).completion_ids, first.completion_ids)
+    unseeded = [engine.generate(inputs, sampling).completion_ids for _ in range(2)]
+    assert not torch.equal(*unseeded), "without a seed, consecutive calls sample differently"
+
+
+def _near_the_length_limit(tok, seed):
+    """Two oracle prompts (K = 3) that leave 4 to 8 tokens of room below MAX_MODEL_LEN, and that room."""
+    words = "cooking sports music weather science travel animals space money health code python food".split()
+    for n in range(400):
+        question = " ".join(words[i % len(words)] for i in range(n)) + " ?"
+        inputs = oracle_inputs(tok, [3, 3], seed=seed, questions=[question])
+        room = MAX_MODEL_LEN - int(inputs.prompt_mask[0].sum())
+        if room <= 8:
+            assert room >= 4, f"stepped past the window (room {room})"
+            return inputs, room
+    raise AssertionError("no question long enough")
+
+
+def test_a_completion_cut_by_max_model_len_is_truncated_and_its_pad_stays_out_of_the_mask(qwen3, engine):
+    tok = qwen3[1]
+    assert tok.pad_token_id in engine.eos_ids, "here, as Qwen3's <|endoftext|>, the pad is an end-of-turn id"
+    inputs, room = _near_the_length_limit(tok, seed=15)
+    for ro in (engine_greedy(engine, inputs, 16), engine.generate(inputs, SamplingConfig(
+            num_generations=2, temperature=1.0, max_new_tokens=16), seed=3)):
+        assert not torch.isin(ro.completion_ids[:, :room], torch.tensor(engine.eos_ids)).any(), "none ended early"
+        assert ro.truncated.all(), ro.truncated  # cut by max_model_len after `room` tokens: not ended
+        assert (ro.completion_mask.sum(dim=1) == room).all(), ro.completion_mask
+        assert (ro.completion_ids[:, room:] == tok.pad_token_id).all()
+        assert (ro.sampling_logprobs[:, room:] == 0).all()
+
+
+def test_parity_check_names_the_prefix_cache_when_prompts_go_without_their_salt(qwen3, engine, monkeypatch):
+    from grpo_ao.vllm import engine as engine_module
+
+    model, tok = qwen3
+    salted = engine_module.prompt_request
+
+    def unsalted(*args, **kwargs):
+        prompt, injection = salted(*args, **kwargs)
+        prompt.pop("cache_salt", None)
+        return prompt, injection
+
+    steered = oracle_inputs(tok, [3, 3, 3], seed=16, questions=[LONG])
+    engine.llm.reset_prefix_cache()
+    try:
+        engine_greedy(engine, no_injection(steered, [0, 1, 2]), 4)  # the un-steered prompts are now cached
+        assert engine.parity_check(model, tok, steered).max_abs_logprob_diff <= 1e-4  # salted: no false hit
+        engine_greedy(engine, no_injection(steered, [0, 1, 2]), 4)
+        monkeypatch.setattr(engine_module, "prompt_request", unsalted)
+        with pytest.raises(GrpoAoError, match="parity check failed.*prefix cache"):
+            engine.parity_check(model, tok, steered)
+    finally:
+        engine.llm.reset_prefix_cache()
+
+
+def test_parity_check_fails_when_the_engine_does_not_inject(qwen3, engine, monkeypatch):
+    from grpo_ao.vllm import engine as engine_module
+
+    model, tok = qwen3
+    salted = engine_module.prompt_request
+    monkeypatch.setattr(engine_module, "prompt_request", lambda *a, **k: (salted(*a, **k)[0], None))
+    with pytest.raises(GrpoAoError, match="parity check failed.*injection layer"):
+        engine.parity_check(model, tok, oracle_inputs(tok, [3, 1, 5], seed=17))

@@ -51,15 +51,21 @@ def spec(layer: int = 1):
     return OracleSpec(system_prompt=None, mode="none", context_format="chat", injection_layer=layer, coef=1.0)
 
 
-def start_engine(model, tokenizer, work_dir, *, sync="merge", eager=True, layer=1, **engine_kwargs):
-    """save_for_vllm + a float32 CPU engine with small blocks and a short max length."""
-    from grpo_ao.engine import RolloutConfig
+MAX_MODEL_LEN = 256
+"""The test engines' longest prompt + completion."""
+
+
+def start_engine(model, tokenizer, work_dir, *, sync="merge", eager=True, layer=1, dtype="float32", tol=1e-4,
+                 **engine_kwargs):
+    """save_for_vllm + a CPU engine (float32 unless told) with small blocks and a short max length; the parity
+    tolerance `tol` (None: the dtype's default)."""
+    from grpo_ao.rollout_config import RolloutConfig
     from grpo_ao.vllm import VllmEngine, save_for_vllm
 
     base = save_for_vllm(model, tokenizer, work_dir / "base")
-    settings = RolloutConfig(engine="vllm", vllm_enforce_eager=eager, vllm_max_model_len=256,
-                             vllm_weight_sync=sync, parity_prompts=3, parity_tokens=8, parity_logprob_tol=1e-4)
-    return VllmEngine(base, tokenizer, spec=spec(layer), settings=settings, dtype="float32", device="cpu", seed=0,
+    settings = RolloutConfig(engine="vllm", vllm_enforce_eager=eager, vllm_max_model_len=MAX_MODEL_LEN,
+                             vllm_weight_sync=sync, parity_prompts=3, parity_tokens=8, parity_logprob_tol=tol)
+    return VllmEngine(base, tokenizer, spec=spec(layer), settings=settings, dtype=dtype, device="cpu", seed=0,
                       work_dir=work_dir, max_lora_rank=8, engine_kwargs={"block_size": BLOCK, **engine_kwargs})
 
 

@@ -2,7 +2,8 @@
 
   1. versions: python, torch, CUDA build, transformers, peft, accelerate (against grpo-ao's declared ranges), vLLM.
   2. devices: GPUs, their memory and bf16 support, against model.device and model.dtype.
-  3. gpu memory: free memory against the config's estimate (`grpo_ao.doctor.estimate_memory`).
+  3. gpu memory: free memory against the config's estimate (`grpo_ao.doctor.estimate_memory`), less vLLM's share
+     (rollout.vllm_gpu_memory_utilization) when rollout.engine=vllm.
   4. disk: free space where the run directory goes, against its checkpoints.
   5. api key: whether judge.api_key_env is set (environment or ./.env). Its value is never read into a message.
   6. model, adapter: on disk or in the Hugging Face cache; else whether the hub answers (5 s timeout).
@@ -140,12 +141,15 @@ def check_gpu_memory(cfg: RunConfig | None) -> Finding:
                        f"run `hf download {cfg.model.source} config.json`, then run the doctor again")
     index = int(cfg.model.device.partition(":")[2] or 0)
     free, total = torch.cuda.mem_get_info(index)
+    vllm = cfg.rollout.engine == "vllm"  # vLLM samples, in its own share of the GPU (its KV cache included)
     estimate = estimate_memory(
         hf_config, bytes_per_param=4 if cfg.model.dtype == "float32" else 2,
         lora_params=lora_parameters(hf_config, cfg.lora.r, cfg.lora.target_modules),
-        rollouts=cfg.grpo.prompts_per_step * cfg.sampling.num_generations, micro_batch=cfg.grpo.micro_batch_size,
-        max_new_tokens=cfg.sampling.max_new_tokens, gradient_checkpointing=cfg.grpo.gradient_checkpointing)
-    return memory_finding(estimate, free, total, f"cuda:{index}")
+        rollouts=0 if vllm else cfg.grpo.prompts_per_step * cfg.sampling.num_generations,
+        micro_batch=cfg.grpo.micro_batch_size, max_new_tokens=cfg.sampling.max_new_tokens,
+        gradient_checkpointing=cfg.grpo.gradient_checkpointing)
+    return memory_finding(estimate, free, total, f"cuda:{index}",
+                          vllm_share=cfg.rollout.vllm_gpu_memory_utilization if vllm else 0.0)
 
 
 def check_disk(cfg: RunConfig | None) -> Finding:

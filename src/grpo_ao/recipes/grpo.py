@@ -108,7 +108,7 @@ def roll_out_chunk(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, task
     """Step 1a for one chunk: subject activations, G rollouts per task with the chunk's own seed, parse."""
     torch.manual_seed(seed)
     inputs = build_oracle_inputs(model, tokenizer, tasks, spec=oracle_spec(cfg))
-    rollouts = engine.generate(inputs, cfg.sampling)
+    rollouts = engine.generate(inputs, cfg.sampling, seed=seed)  # the seed also reaches vLLM's sampler
     return inputs, rollouts, [parse_epistemic_status(text) for text in rollouts.texts]
 
 

@@ -9,11 +9,15 @@ base checkpoint written by `save_for_vllm`, under an injecting model class (`grp
    prompt would reuse the KV of the same prompt steered differently (or not at all). Sampled ids come back as
    they are (never re-tokenized), padded like the HF path, with their logprobs at the sampling temperature
    (`logprobs_mode="processed_logprobs"`: after temperature, top-k and top-p; equal to the trainer's
-   `rollout.completion_logprobs` when top_p = 1 and top_k = 0).
+   `rollout.completion_logprobs` when top_p = 1 and top_k = 0). A call's seed (the GRPO chunk's) becomes one
+   vLLM sampler seed per prompt (`request_seed`), so its completions do not depend on the rank, the engine's past
+   requests or a restart. Whether a completion ended comes from vLLM's `finish_reason` ("stop" = an end-of-turn
+   id), never from the ids: a cut by max_model_len is truncated even where the pad id is an end-of-turn id.
 2. `sync_weights` after each optimizer step: `merge` loads W_base + ΔW for the adapted layers (no LoRA kernels
    while sampling, as TRL's colocate mode); `lora` saves the adapter and samples with a new `LoRARequest`.
    Both reset the prefix cache (its KV was computed with the old policy).
-3. `parity_check`: greedy tokens and logprobs of the engine against the HF injected path.
+3. `parity_check`: the engine's logprobs of its own greedy tokens against the HF training forward's
+   (`grpo_ao.vllm.parity`).
 
 Not done: multi-GPU (tensor/pipeline parallel), the multi-process engine, speculative decoding.
 """
@@ -21,17 +25,15 @@ Not done: multi-GPU (tensor/pipeline parallel), the multi-process engine, specul
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from grpo_ao.engine import RolloutConfig
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.models import DTYPES
 from grpo_ao.rollout import (
@@ -39,10 +41,10 @@ from grpo_ao.rollout import (
     OracleSpec,
     Rollouts,
     SamplingConfig,
-    completion_mask_for,
     end_of_turn_ids,
 )
-from grpo_ao.steering import Injection
+from grpo_ao.rollout_config import RolloutConfig
+from grpo_ao.vllm.requests import completion_row, prompt_request, request_seed
 from grpo_ao.vllm.weights import merged_weights, save_adapter
 
 INSTALL_HINT = "bash scripts/install_vllm.sh (then use .venv-vllm/bin/python)"
@@ -71,42 +73,6 @@ def set_vllm_env(work_dir: Path) -> None:
     os.environ.setdefault("VLLM_RPC_BASE_PATH", str(work_dir / "vllm-rpc"))
 
 
-def prompt_request(ids: torch.Tensor, mask: torch.Tensor, positions: list[int], vectors: torch.Tensor,
-                   layer: int, coef: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """One left-padded row -> (vLLM token prompt with its cache salt, the injection for `extra_args`).
-
-    Args:
-        ids, mask: [P] the padded prompt row and its attention mask (left padding).
-        positions: K placeholder indices in padded coordinates; K = 0 means no injection (and no salt).
-        vectors: [K, hidden] subject activations.
-
-    Returns:
-        ({"prompt_token_ids": [...], "cache_salt": sha256 of the unit vectors, positions, layer, coef}, injection)
-        where injection = {"positions": unpadded indices, "units": float32 bytes of [K, hidden] v/||v||}.
-    """
-    keep = mask.bool()  # [P]
-    offset = int((~keep).sum())  # left padding: the first `offset` entries are padding
-    assert keep[offset:].all(), "prompt rows must be left-padded"
-    prompt: dict[str, Any] = {"prompt_token_ids": ids[keep].tolist()}
-    if not positions:
-        return prompt, None
-    units = Injection([vectors], [positions], coef).units.contiguous()  # [K, hidden] fp32, as the HF hook uses
-    shifted = [p - offset for p in positions]
-    digest = hashlib.sha256(units.numpy().tobytes())
-    digest.update(json.dumps([shifted, layer, coef]).encode())
-    prompt["cache_salt"] = digest.hexdigest()
-    return prompt, {"positions": shifted, "units": units.numpy().tobytes()}
-
-
-@dataclass(frozen=True)
-class ParityReport:
-    """The engine's greedy tokens equalled the HF injected path's; how closely their logprobs agreed."""
-
-    prompts: int
-    tokens_compared: int
-    max_abs_logprob_diff: float
-
-
 class VllmEngine:
     """Samples `Rollouts` with vLLM; see the module docstring. Call `sync_weights(model)` before the first
     `generate` when the policy's adapter is not zero, and after every optimizer step."""
@@ -129,7 +95,7 @@ class VllmEngine:
         from grpo_ao.vllm import models
 
         self.spec, self.settings, self.tokenizer = spec, settings, tokenizer
-        self.dtype = DTYPES[dtype]
+        self.dtype, self.dtype_name = DTYPES[dtype], dtype
         on_cpu = current_platform.is_cpu()
         if device != "auto" and on_cpu != str(device).startswith("cpu"):
             raise GrpoAoError(f"model.device={device!r} but the installed vLLM runs on "
@@ -156,11 +122,16 @@ class VllmEngine:
         if on_cpu:
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
                 kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_GIB * 2**30
+            # vLLM rewinds a seeded request's generator after a partial prefill, which CPU generators cannot do
+            # ("CPU Generator does not use offset"): whole prefills only, so seeded sampling works on CPU too
+            kwargs["enable_chunked_prefill"] = False
         else:
             kwargs.update(gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
                           enable_sleep_mode=settings.vllm_sleep_mode)
         kwargs.update(engine_kwargs or {})
         self.llm = vllm.LLM(**kwargs)
+        # seeded sampling on CPU breaks on partial prefills (above); engine_kwargs may have turned them back on
+        self.seeds_supported = not (on_cpu and self.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill)
         self.llm.collective_rpc(models.attach_runner)
         self.on_cpu = on_cpu
         self.syncs = 0
@@ -169,13 +140,14 @@ class VllmEngine:
 
     # ---------------------------------------------------------------- sampling
 
-    def sampling_params(self, sampling: SamplingConfig, injection: dict[str, Any] | None, n: int) -> Any:
+    def sampling_params(self, sampling: SamplingConfig, injection: dict[str, Any] | None, n: int,
+                        seed: int | None = None) -> Any:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         from grpo_ao.vllm.models import INJECTION_KEY
 
         params: dict[str, Any] = {"temperature": 0.0} if sampling.greedy else {
-            "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
+            "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k, "seed": seed}
         return SamplingParams(
             n=n, max_tokens=sampling.max_new_tokens, min_tokens=sampling.min_new_tokens,
             stop_token_ids=list(self.eos_ids),
@@ -183,10 +155,19 @@ class VllmEngine:
             extra_args=None if injection is None else {INJECTION_KEY: injection}, **params,
         )
 
-    def generate(self, inputs: OracleInputs, sampling: SamplingConfig) -> Rollouts:
+    def generate(self, inputs: OracleInputs, sampling: SamplingConfig, seed: int | None = None) -> Rollouts:
         """G completions per prompt with injection: `rollout.generate_rollouts`'s `Rollouts` (row i belongs to
-        prompt i // G) plus `sampling_logprobs` [N, T]."""
+        prompt i // G) plus `sampling_logprobs` [N, T].
+
+        Args:
+            seed: the call's sampling seed (the GRPO chunk's): prompt b samples with `request_seed(seed, b)`, so
+                the same completions come out on any rank, in any engine, after a resume. None: vLLM's own
+                generator (the engine's start-up seed, advanced by every request before).
+        """
         assert not self.asleep, "wake_up() the engine before generate()"
+        if seed is not None and not sampling.greedy and not self.seeds_supported:
+            raise GrpoAoError("seeded vLLM sampling on the CPU needs whole prefills: drop enable_chunked_prefill "
+                              "from the engine's arguments (vLLM cannot rewind a CPU generator).")
         g, t = sampling.num_generations, sampling.max_new_tokens
         # vLLM refuses n > 1 for greedy requests: send G copies of a greedy prompt, one request n=G otherwise
         copies = g if sampling.greedy else 1
@@ -194,29 +175,31 @@ class VllmEngine:
         for b in range(inputs.prompt_ids.shape[0]):
             prompt, injection = prompt_request(inputs.prompt_ids[b], inputs.prompt_mask[b], inputs.positions[b],
                                                inputs.vectors[b], self.spec.injection_layer, self.spec.coef)
+            row_seed = None if seed is None else request_seed(seed, b)
             prompts += [prompt] * copies
-            params += [self.sampling_params(sampling, injection, n=g // copies)] * copies
+            params += [self.sampling_params(sampling, injection, n=g // copies, seed=row_seed)] * copies
         outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
         completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
         n = inputs.prompt_ids.shape[0] * g
         assert len(completions) == n, f"{len(completions)} completions, expected {n}"
         pad = self.tokenizer.pad_token_id
         completion_ids = torch.full((n, t), pad, dtype=torch.long)  # [N, T]
+        completion_mask = torch.zeros((n, t), dtype=torch.long)  # [N, T]
+        truncated = torch.zeros(n, dtype=torch.bool)  # [N]
         logprobs = torch.zeros((n, t), dtype=torch.float32)  # [N, T]
         for i, completion in enumerate(completions):
-            ids = list(completion.token_ids)[:t]
-            completion_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            logprobs[i, :len(ids)] = torch.tensor([step[tok].logprob for step, tok in zip(completion.logprobs, ids)],
-                                                  dtype=torch.float32)
-        completion_mask, truncated = completion_mask_for(completion_ids, self.eos_ids)
-        completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
+            ids, length, truncated[i] = completion_row(completion.token_ids, completion.finish_reason, t, pad)
+            completion_ids[i] = torch.tensor(ids, dtype=torch.long)
+            completion_mask[i, :length] = 1
+            logprobs[i, :length] = torch.tensor([step[tok].logprob for step, tok in zip(completion.logprobs, ids)],
+                                                dtype=torch.float32)[:length]
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         return Rollouts(
             prompt_ids=inputs.prompt_ids.repeat_interleave(g, dim=0), prompt_mask=inputs.prompt_mask.repeat_interleave(
                 g, dim=0), positions=[p for p in inputs.positions for _ in range(g)],
             vectors=[v for v in inputs.vectors for _ in range(g)], completion_ids=completion_ids,
             completion_mask=completion_mask, truncated=truncated, texts=texts, num_generations=g,
-            sampling_logprobs=logprobs * completion_mask,
+            sampling_logprobs=logprobs,
         )
 
     # ---------------------------------------------------------------- policy sync
@@ -238,9 +221,10 @@ class VllmEngine:
 
     # ---------------------------------------------------------------- parity
 
-    def parity_check(self, model: Any, tokenizer: Any, inputs: OracleInputs) -> ParityReport:
-        """Greedy `settings.parity_tokens` tokens of the engine vs the HF injected path on the first
-        `settings.parity_prompts` prompts; raises GrpoAoError naming the likely cause on a mismatch."""
+    def parity_check(self, model: Any, tokenizer: Any, inputs: OracleInputs) -> Any:
+        """The engine's greedy `settings.parity_tokens` tokens on the first `settings.parity_prompts` prompts,
+        scored by the HF training forward (`grpo_ao.vllm.parity`): a `ParityReport`, or GrpoAoError naming the
+        likely cause when the logprobs differ by more than the dtype's tolerance."""
         from grpo_ao.vllm.parity import check_parity
 
         return check_parity(self, model, tokenizer, inputs)
