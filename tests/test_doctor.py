@@ -321,3 +321,16 @@ def test_cli_doctor_never_prints_the_api_key(tmp_path, where):
     shown = "environment" if where == "environment" else "./.env"
     assert f"OK    api key         {KEY_ENV} is set ({shown})" in proc.stdout
     assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_random_source_is_sized_from_the_shipped_architecture_and_needs_no_download(monkeypatch):
+    # before: model.source=random was looked up as a hub id ("random" not cached → unknown memory, hub probe)
+    _fake_gpu(monkeypatch, 70, 80)
+    cfg = load_config("qwen3-8b", ["model.source=random"])
+    memory = doctor.check_gpu_memory(cfg)
+    assert memory.status == "OK" and "need ≈ 25.7 GiB" in memory.detail, memory  # the same 8B shape as above
+    model = doctor.check_model(cfg, offline=True)
+    assert model.status == "OK" and "qwen3-8b" in model.detail and "download" in model.detail, model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert doctor.check_devices(load_config("qwen3-8b", ["model.source=random", "model.device=auto"])).status == "WARN"
+    assert doctor.check_devices(load_config("tiny", ["model.source=random"])).status == "OK"

