@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import warnings
@@ -17,13 +16,10 @@ from grpo_ao.data import (
     DataConfig,
     Example,
     TaskSampler,
-    builtin_path,
     load_examples,
     strip_yes_no_instruction,
 )
 from grpo_ao.errors import GrpoAoError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_jsonl(path: Path, lines: list[str | dict]) -> Path:
@@ -65,6 +61,7 @@ def test_strip_yes_no_instruction_removes_only_the_trailing_instruction(question
     ({"max_examples": 0}, "data.max_examples"),
     ({"seed": True}, "data.seed"),
     ({"context_format": "html"}, "data.context_format"),
+    ({"question_draw": "random"}, "data.question_draw"),
 ])
 def test_data_config_rejects_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(GrpoAoError, match=re.escape(field)):
@@ -94,6 +91,18 @@ def test_jsonl_reads_all_three_row_shapes_and_records_file_and_line(tmp_path):
     assert examples[2] == Example(context="C", qas=(QA("Is it code?"), QA("Why?")), source=f"{path}:4")
 
 
+def test_jsonl_reads_the_phrasing_of_a_question_and_the_labels_of_a_context(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"context": "A", "labels": {"topic": "music", "tense": "past"},
+         "questions": [{"question": "q1", "answer": "Yes", "family": "topic", "phrasing": "unseen"}, "q2"]},
+        {"context": "B", "question": "q3", "phrasing": "seen", "labels": [0, 1]},  # a list is someone else's key
+    ])
+    first, second = load_examples(DataConfig(source=str(path)))
+    assert first.qas == (QA("q1", "Yes", "topic", "unseen"), QA("q2"))
+    assert first.labels == {"topic": "music", "tense": "past"}
+    assert second.qas == (QA("q3", phrasing="seen"),) and second.labels == {}
+
+
 BAD_ROWS = [
     ("{not json", "invalid JSON"),
     ('["a list"]', "must be a JSON object"),
@@ -107,6 +116,8 @@ BAD_ROWS = [
     ({"context": "A", "question": "q", "answer": 1}, "answer must be a string"),
     ({"context": "A", "question": "ANSWER ONLY WITH YES OR NO"}, "empty after removing"),
     ({"wildchat_question": "C", "oracle_questions": ["q", 5]}, "list of strings"),
+    ({"context": "A", "question": "q", "phrasing": 2}, "phrasing must be a string"),
+    ({"context": "A", "question": "q", "labels": {"topic": 3}}, 'labels"[\'topic\'] must be a string'),
 ]
 
 
@@ -117,7 +128,7 @@ def test_bad_rows_are_skipped_with_a_warning_naming_file_and_line(tmp_path):
         examples = load_examples(DataConfig(source=str(path)))
     assert [e.source for e in examples] == [f"{path}:1", f"{path}:{len(BAD_ROWS) + 2}"]
     messages = [str(w.message) for w in record]
-    assert len(messages) == len(BAD_ROWS) == 12
+    assert len(messages) == len(BAD_ROWS) == 14
     for lineno, ((_, reason), msg) in enumerate(zip(BAD_ROWS, messages, strict=True), start=2):
         assert msg.startswith(f"{path}:{lineno}: skipped bad row")
         assert reason in msg
@@ -202,118 +213,6 @@ def test_hf_loads_a_local_json_file_and_reports_bad_rows_by_row(tmp_path):
 def test_hf_missing_local_path_is_an_error_without_network(tmp_path):
     with pytest.raises(GrpoAoError, match="local dataset path not found"):
         load_examples(DataConfig(source=f"hf:{tmp_path / 'missing'}"))
-
-
-# --- built-in sets ---------------------------------------------------------------------------------------
-
-YES_NO = {"Yes", "No"}
-
-
-def all_qas(examples):
-    return [qa for e in examples for qa in e.qas]
-
-
-def test_builtin_train_has_the_documented_size_and_balanced_yes_no():
-    examples = load_examples(DataConfig(source="builtin"))
-    qas = all_qas(examples)
-    # 256 topic/sentiment/language texts x 7 questions + 3 x 120 tense/number/fact texts x 2 questions
-    assert len(examples) == 256 + 360 == 616
-    assert len(qas) == 256 * 7 + 360 * 2 == 2512
-    assert all(qa.reference and qa.family for qa in qas)
-    answers = Counter(qa.reference for qa in qas if qa.reference in YES_NO)
-    assert answers == {"Yes": 512 + 180, "No": 512 + 180}  # every kind of yes/no question exactly balanced
-    assert Counter(qa.family for qa in qas) == {"topic": 768, "sentiment": 512, "language": 512, "tense": 240,
-                                                "number": 240, "fact": 240}
-    open_refs = Counter(qa.reference for qa in qas if qa.question.startswith("What language"))
-    assert open_refs == {"English": 220, "French": 12, "Spanish": 12, "German": 12}
-    assert all(1 <= len(re.findall(r"[.!?](?:\s|$)", e.context)) <= 3 for e in examples)
-
-
-def test_builtin_train_covers_every_eval_family_with_the_eval_wording():
-    train_qas = all_qas(load_examples(DataConfig(source="builtin")))
-    eval_questions = {(qa.family, qa.question) for qa in all_qas(load_examples(DataConfig(source="builtin_eval")))}
-    train_yes_no = Counter((qa.family, qa.question, qa.reference) for qa in train_qas if qa.reference in YES_NO)
-    assert len(eval_questions) == 22  # 10 topics + 2 sentiments + 4 languages + 3 tenses + 2 numbers + 1 fact
-    for family, question in eval_questions:  # each eval question is asked in training, answered Yes and No
-        yes, no = train_yes_no[(family, question, "Yes")], train_yes_no[(family, question, "No")]
-        assert yes > 0 and no > 0, question
-        if family in {"tense", "number", "fact"}:  # the wording says nothing about the answer
-            assert yes == no, question
-    open_labels = Counter((qa.family, qa.reference) for qa in train_qas
-                          if qa.family in {"tense", "number", "fact"} and qa.reference not in YES_NO)
-    assert open_labels == {("tense", "past"): 40, ("tense", "present"): 40, ("tense", "future"): 40,
-                           ("number", "singular"): 60, ("number", "plural"): 60,
-                           ("fact", "true"): 60, ("fact", "false"): 60}
-
-
-def test_builtin_eval_has_the_documented_families_and_balanced_answers():
-    examples = load_examples(DataConfig(source="builtin_eval"))
-    qas = all_qas(examples)
-    assert len(examples) == 186
-    assert len(qas) == 216
-    assert all(qa.reference in YES_NO for qa in qas)
-    assert Counter(qa.family for qa in qas) == {"topic": 60, "sentiment": 24, "language": 32, "tense": 30,
-                                                "number": 30, "fact": 40}
-    for family in ("topic", "sentiment", "language", "tense", "number", "fact"):
-        answers = Counter(qa.reference for qa in qas if qa.family == family)
-        assert answers["Yes"] == answers["No"], family
-
-
-@pytest.mark.parametrize("source, n_items", [("builtin", 2512), ("builtin_eval", 216)])
-def test_builtin_questions_never_contain_the_answer(source, n_items):
-    label_words = {"cooking", "sports", "programming", "weather", "music", "medicine", "finance", "travel",
-                   "animals", "space", "positive", "negative", "english", "french", "spanish", "german",
-                   "past", "present", "future", "singular", "plural", "true", "false"}
-    checked = 0
-    for qa in all_qas(load_examples(DataConfig(source=source))):
-        q = qa.question.lower()
-        words = set(re.findall(r"[a-z]+", q))
-        assert not words & {"yes", "no", "true", "false"} or qa.family == "fact", qa.question
-        assert "answer" not in q and ":" not in q, qa.question
-        if qa.reference not in YES_NO:  # open question: must not name the label, nor any other label
-            assert qa.reference.lower() not in q, qa.question
-            assert not words & label_words, qa.question
-        checked += 1
-    assert checked == n_items
-
-
-def test_builtin_fact_question_is_the_same_for_true_and_false_statements():
-    qas = [qa for qa in all_qas(load_examples(DataConfig(source="builtin_eval"))) if qa.family == "fact"]
-    assert {qa.question for qa in qas} == {"Is the statement in this text true?"}
-    assert len(qas) == 40
-
-
-def test_builtin_eval_texts_do_not_appear_in_training():
-    train = load_examples(DataConfig(source="builtin"))
-    train_sentences = {s for e in train for s in re.split(r"(?<=[.!?])\s+", e.context)}
-    eval_contexts = [e.context for e in load_examples(DataConfig(source="builtin_eval"))]
-    assert len(eval_contexts) == len(set(eval_contexts)) == 186
-    assert not set(eval_contexts) & train_sentences
-    train_contexts = [e.context.lower() for e in train]
-    assert not [c for c in eval_contexts if any(c.lower() in t or t in c.lower() for t in train_contexts)]
-
-
-def test_builtin_training_texts_are_not_near_copies_of_eval_texts():
-    # Jaccard overlap of lower-cased word sets; "Rome is the capital of Italy." vs the eval's "Paris is the
-    # capital of France." scores 4/8 = 0.5 (a template copy), so every pair must stay below 0.5.
-    def words(text):
-        return set(re.findall(r"[a-z]+", text.lower()))
-
-    train = [words(e.context) for e in load_examples(DataConfig(source="builtin"))]
-    evals = [words(e.context) for e in load_examples(DataConfig(source="builtin_eval"))]
-    assert len(train) * len(evals) == 616 * 186
-    assert max(len(t & e) / len(t | e) for t in train for e in evals) < 0.5
-
-
-def test_shipped_builtin_files_match_the_generator_script():
-    spec = importlib.util.spec_from_file_location("make_builtin_data", ROOT / "scripts" / "make_builtin_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    built = module.build_all()
-    assert sorted(built) == ["builtin_eval.jsonl", "builtin_train.jsonl"]
-    assert built == module.build_all()  # deterministic
-    for source, name in (("builtin", "builtin_train.jsonl"), ("builtin_eval", "builtin_eval.jsonl")):
-        assert builtin_path(source).read_text(encoding="utf-8") == built[name], f"rerun the script: {name}"
 
 
 # --- TaskSampler -----------------------------------------------------------------------------------------
@@ -411,6 +310,41 @@ def test_sampler_with_no_usable_example_is_an_error():
 
 def test_sampler_on_builtin_data_covers_every_family():
     cfg = DataConfig(seed=0)
-    tasks = TaskSampler(load_examples(cfg), cfg).next_batch(616)
-    assert len({t.example_index for t in tasks}) == 616  # one full epoch
+    examples = load_examples(cfg)
+    tasks = TaskSampler(examples, cfg).next_batch(len(examples))
+    assert len({t.example_index for t in tasks}) == len(examples) > 3000  # one full epoch
     assert {t.family for t in tasks} == {"topic", "sentiment", "language", "tense", "number", "fact"}
+
+
+def test_balanced_draw_asks_expanded_contexts_yes_as_often_as_no_and_every_family_alike():
+    # builtin asks each labelled family once per value: 1 "Yes" per family, 1-9 "No"s; uniform draws see ~80 % No
+    examples = load_examples(DataConfig())
+    counts = {}
+    for draw in ("balanced", "uniform"):
+        cfg = DataConfig(seed=1, question_draw=draw)
+        tasks = TaskSampler(examples, cfg).next_batch(12000)
+        counts[draw] = Counter(t.reference for t in tasks if t.reference in ("Yes", "No"))
+        if draw == "balanced":
+            families = Counter(t.family for t in tasks)
+    yes_share = {d: c["Yes"] / (c["Yes"] + c["No"]) for d, c in counts.items()}
+    assert abs(yes_share["balanced"] - 0.5) < 0.02 and yes_share["uniform"] < 0.25, yes_share
+    # a family per draw uniformly among the context's families: topic (on ~87 % of the contexts) leads,
+    # but no family falls below half of an even share
+    assert min(families.values()) > 0.5 * 12000 / 6, families
+
+
+def test_balanced_draw_keeps_one_question_examples_and_open_shares():
+    ex = Example("t", (QA("Y?", "Yes", "f"), QA("N1?", "No", "f"), QA("N2?", "No", "f"), QA("O?", "o", "f"),
+                       QA("G?", "No", "g")))
+    tasks = TaskSampler([ex], DataConfig(seed=0)).next_batch(8000)
+    got = Counter(t.question for t in tasks)
+    # family f or g with 1/2 each; in f: open 1/4, Yes 3/8, the two No 3/16 each; g: its one question
+    expected = {"O?": 1 / 8, "Y?": 3 / 16, "N1?": 3 / 32, "N2?": 3 / 32, "G?": 1 / 2}
+    assert all(abs(got[q] / 8000 - p) < 0.02 for q, p in expected.items()), got
+
+
+def test_sampler_passes_the_question_phrasing_on():
+    cfg = DataConfig(source="builtin_heldout", seed=0)
+    tasks = TaskSampler(load_examples(cfg), cfg).next_batch(200)
+    assert {t.phrasing for t in tasks} == {"seen", "unseen"}
+    assert {t.phrasing for t in TaskSampler(toy_examples(), DataConfig()).next_batch(5)} == {None}

@@ -202,10 +202,11 @@ def test_is_yes_no_question(question, reference, expected):
 
 
 def test_every_builtin_question_and_reference_is_understood():
-    files = sorted(p for p in resources.files("grpo_ao.resources").iterdir() if p.name.startswith("builtin_"))
+    files = sorted(p for p in resources.files("grpo_ao.resources").iterdir()
+                   if p.name.startswith("builtin_") and p.name.endswith(".jsonl"))
     rows = [json.loads(line) for path in files for line in path.read_text().splitlines()]
     questions = [q for row in rows for q in row["questions"]]
-    assert len(files) == 2 and len(rows) > 400 and len(questions) > 1000
+    assert len(files) == 3 and len(rows) > 3500 and len(questions) > 50000
     for q in questions:
         # the reference itself, as the answer, is always correct
         assert grade(q["question"], q["answer"], q["answer"]).correct is True, q

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from grpo_ao.errors import GrpoAoError
 
-BUILTIN_SOURCES = ("builtin", "builtin_eval")
+BUILTIN_SOURCES = ("builtin", "builtin_heldout", "builtin_eval")
 ON_BAD_ROW = ("skip", "error")
 CONTEXT_FORMATS = ("chat", "raw")
+QUESTION_DRAWS = ("balanced", "uniform")
 
 
 def _is_int(value: object) -> bool:
@@ -20,8 +21,9 @@ class DataConfig:
     """Data source and per-draw sampling of layer percent and number of positions K."""
 
     source: str = "builtin"
-    """"builtin" (the training set shipped in the package), "builtin_eval" (the shipped eval set), a path
-    to a .jsonl file (schema in docs/data.md), or "hf:<name or local path>" (Hugging Face `datasets`)."""
+    """"builtin" (the training set shipped in the package), "builtin_heldout" (its held-out set: other sentences,
+    seen and unseen question wordings), "builtin_eval" (the shipped eval set), a path to a .jsonl file (schema
+    in docs/data.md), or "hf:<name or local path>" (Hugging Face `datasets`)."""
     split: str = "train"
     """Split to read from an "hf:" source. JSONL and built-in sources have no splits and ignore it."""
     layer_percents: tuple[int, ...] = (25, 50, 75)
@@ -40,6 +42,9 @@ class DataConfig:
     """Seed of the sampler's generator (example order, question, layer percent, K)."""
     context_format: str = "chat"
     """How the subject sees the context: "chat" (as a user turn of the chat template) or "raw" text."""
+    question_draw: str = "balanced"
+    """How a draw picks one of the example's questions: "balanced" (a family uniformly, then Yes and No
+    references equally often, open questions with their share; docs/data.md) or "uniform" (any question)."""
 
     def __post_init__(self) -> None:
         # YAML gives lists; keep the dataclass hashable and immutable
@@ -51,10 +56,10 @@ class DataConfig:
         src = self.source
         if not isinstance(src, str) or not src.strip():
             raise GrpoAoError(f"data.source must be a non-empty string, got {src!r}. Use 'builtin', "
-                              "'builtin_eval', a path to a .jsonl file or 'hf:<dataset name or path>'.")
+                              "'builtin_heldout', 'builtin_eval', a path to a .jsonl file or 'hf:<dataset name or path>'.")
         if not (src in BUILTIN_SOURCES or src.endswith(".jsonl") or (src.startswith("hf:") and src[3:].strip())):
-            raise GrpoAoError(f"data.source={src!r} is not a known source. Use 'builtin', 'builtin_eval', a "
-                              "path ending in .jsonl, or 'hf:<dataset name or local path>'.")
+            raise GrpoAoError(f"data.source={src!r} is not a known source. Use 'builtin', 'builtin_heldout', "
+                              "'builtin_eval', a path ending in .jsonl, or 'hf:<dataset name or local path>'.")
         if not isinstance(self.split, str) or not self.split:
             raise GrpoAoError(f"data.split must be a non-empty string such as 'train', got {self.split!r}.")
         lp = self.layer_percents
@@ -73,6 +78,8 @@ class DataConfig:
                               f"got {self.max_examples!r}.")
         if not _is_int(self.seed):
             raise GrpoAoError(f"data.seed must be an integer, got {self.seed!r}.")
+        if self.question_draw not in QUESTION_DRAWS:
+            raise GrpoAoError(f"data.question_draw must be one of {QUESTION_DRAWS}, got {self.question_draw!r}.")
         if self.context_format not in CONTEXT_FORMATS:
             raise GrpoAoError(f"data.context_format must be one of {CONTEXT_FORMATS}, "
                               f"got {self.context_format!r}.")

@@ -20,7 +20,8 @@ from grpo_ao.data.config import DataConfig
 from grpo_ao.data.schema import BadRow, Example, parse_row
 from grpo_ao.errors import GrpoAoError
 
-BUILTIN_FILES = {"builtin": "builtin_train.jsonl", "builtin_eval": "builtin_eval.jsonl"}
+BUILTIN_FILES = {"builtin": "builtin_train.jsonl", "builtin_heldout": "builtin_heldout.jsonl",
+                 "builtin_eval": "builtin_eval.jsonl"}
 MAX_ROW_WARNINGS = 20
 """Bad rows warned about one by one; after that only the final count is reported."""
 
@@ -106,7 +107,7 @@ def _builtin_rows(name: str) -> Iterator[tuple[str, Any]]:
 
 
 def builtin_path(source: str) -> Path:
-    """Filesystem path of a shipped data set ("builtin" or "builtin_eval")."""
+    """Filesystem path of a shipped data set ("builtin", "builtin_heldout" or "builtin_eval")."""
     return Path(str(resources.files("grpo_ao").joinpath("resources", BUILTIN_FILES[source])))
 
 

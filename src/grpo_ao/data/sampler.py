@@ -2,7 +2,11 @@
 
 Each draw, in this order, from ONE `numpy.random.Generator` (PCG64) seeded with `cfg.seed`:
   1. the next example of the current epoch (each epoch is a fresh permutation of the usable examples),
-  2. one of its questions, uniformly,
+  2. one of its questions: `cfg.question_draw="uniform"`: uniformly; "balanced" (`question_groups`): a
+     family uniformly among the example's question families, then, within it, the open questions with
+     their share of the family's questions and the yes/no share split equally between "Yes" and "No"
+     references, then a question uniformly in that group (so an "expanded" context, asked every label of
+     a family with one "Yes", is asked Yes as often as No),
   3. a layer percent from `cfg.layer_percents`, uniformly,
   4. K uniformly in [min_positions, min(max_positions, n_tokens)], where n_tokens is the context's
      token count when `count_tokens` is given (K is capped to the context, never an error).
@@ -28,6 +32,35 @@ from grpo_ao.errors import GrpoAoError
 _STATE_VERSION = 1
 
 
+def _stance(reference: str | None) -> str | None:
+    ref = (reference or "").strip().rstrip(".!").lower()
+    return ref if ref in ("yes", "no") else None
+
+
+def question_groups(example: Example) -> list[list[tuple[float, list[int]]]]:
+    """Per question family of `example` (in order of first appearance): (weight, question indices) groups whose
+    weights sum to 1: the open questions (weight = their share of the family), the "Yes" and the "No" questions
+    (the yes/no share split equally; all of it to the one present). Empty groups are left out.
+
+    >>> from grpo_ao.data import QA
+    >>> ex = Example("t", (QA("A?", "Yes", "f"), QA("B?", "No", "f"), QA("C?", "No", "f"), QA("D?", "d", "f")))
+    >>> question_groups(ex)
+    [[(0.25, [3]), (0.375, [0]), (0.375, [1, 2])]]
+    """
+    families: dict[str | None, list[int]] = {}
+    for j, qa in enumerate(example.qas):
+        families.setdefault(qa.family, []).append(j)
+    out = []
+    for members in families.values():
+        other = [j for j in members if _stance(example.qas[j].reference) is None]
+        sides = [side for side in ([j for j in members if _stance(example.qas[j].reference) == s]
+                                   for s in ("yes", "no")) if side]
+        yes_no_share = (len(members) - len(other)) / len(members)
+        groups = [(len(other) / len(members), other)] if other else []
+        out.append(groups + [(yes_no_share / len(sides), side) for side in sides])
+    return out
+
+
 @dataclass(frozen=True)
 class Task:
     """One draw: a question about one example, read at one layer percent over the last K tokens."""
@@ -46,6 +79,8 @@ class Task:
     """Subject layer as percent of depth (one of `cfg.layer_percents`)."""
     num_positions: int
     """K: activations of the last K context tokens are injected."""
+    phrasing: str | None = None
+    """The question's wording set ("seen" / "unseen" in the built-in held-out set), None when not marked."""
 
 
 class TaskSampler:
@@ -80,6 +115,7 @@ class TaskSampler:
             raise GrpoAoError(f"no usable example in data.source={cfg.source!r} (all {len(self.examples)} are "
                               f"empty or shorter than data.min_positions={cfg.min_positions} tokens).")
         self._usable = np.asarray(usable, dtype=np.int64)
+        self._groups = [question_groups(ex) for ex in self.examples] if cfg.question_draw == "balanced" else []
         self._rng = np.random.Generator(np.random.PCG64(cfg.seed))
         self._order: list[int] = []
         self._pos = 0
@@ -95,15 +131,29 @@ class TaskSampler:
         self._pos += 1
         return index
 
+    def _question_index(self, i: int) -> int:
+        if self.cfg.question_draw == "uniform":
+            return int(self._rng.integers(len(self.examples[i].qas)))
+        families = self._groups[i]
+        groups = families[int(self._rng.integers(len(families)))]
+        u, total = float(self._rng.random()), 0.0
+        members = groups[-1][1]  # float rounding: the last group takes what is left
+        for weight, group in groups:
+            total += weight
+            if u < total:
+                members = group
+                break
+        return members[int(self._rng.integers(len(members)))]
+
     def _draw(self) -> Task:
         i = self._next_index()  # 1.
         ex = self.examples[i]
-        qa = ex.qas[int(self._rng.integers(len(ex.qas)))]  # 2.
+        qa = ex.qas[self._question_index(i)]  # 2.
         layer_percent = self.cfg.layer_percents[int(self._rng.integers(len(self.cfg.layer_percents)))]  # 3.
         k = int(self._rng.integers(self.cfg.min_positions, self._max_k[i] + 1))  # 4. inclusive upper bound
         self.draws += 1
         return Task(example_index=i, context=ex.context, question=qa.question, reference=qa.reference,
-                    family=qa.family, layer_percent=int(layer_percent), num_positions=k)
+                    family=qa.family, layer_percent=int(layer_percent), num_positions=k, phrasing=qa.phrasing)
 
     def next_batch(self, batch_size: int) -> list[Task]:
         """The next `batch_size` tasks; a batch may span an epoch boundary."""
