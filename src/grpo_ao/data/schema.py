@@ -2,7 +2,8 @@
 
 A row is a JSON object in one of three shapes (docs/data.md is the full schema):
 
-- `{"context": str, "questions": [str | {"question": str, "answer": str?, "family": str?}], ...}`
+- `{"context": str, "questions": [str | {"question": str, "answer": str?, "family": str?, "phrasing": str?}],
+  "labels": {family: value}?, ...}`
 - `{"context": str, "question": str, "answer": str?, "family": str?, ...}` (one question)
 - `{"wildchat_question": str, "oracle_questions": [str, ...], ...}` (the published activation-oracle
   GRPO question sets: context = the WildChat prompt, no reference answers)
@@ -32,6 +33,9 @@ class QA:
     """Reference answer ("Yes", "No", "cooking", ...) for offline judges and eval; None when unknown."""
     family: str | None = None
     """Task family, e.g. "topic", "sentiment", "language", "tense", "number", "fact"; None when unknown."""
+    phrasing: str | None = None
+    """Which wording set the question comes from: "seen" (also used in training) or "unseen" (only in the
+    built-in held-out set), so accuracy on wordings never trained on can be reported; None when not marked."""
 
 
 @dataclass(frozen=True)
@@ -84,19 +88,20 @@ def _optional_text(value: Any, what: str) -> str | None:
 
 def _qa(item: Any, what: str) -> QA:
     if isinstance(item, str):
-        question, reference, family = item, None, None
+        question, reference, family, phrasing = item, None, None, None
     elif isinstance(item, Mapping):
         if "question" not in item:
             raise BadRow(f'{what} has no "question" field')
         question = item["question"]
         reference = _optional_text(item.get("answer"), f"{what}.answer")
         family = _optional_text(item.get("family"), f"{what}.family")
+        phrasing = _optional_text(item.get("phrasing"), f"{what}.phrasing")
     else:
         raise BadRow(f"{what} must be a string or an object, got {type(item).__name__}")
     question = strip_yes_no_instruction(_text(question, what))
     if not question.strip():
         raise BadRow(f"{what} is empty after removing the yes/no instruction")
-    return QA(question=question, reference=reference, family=family)
+    return QA(question=question, reference=reference, family=family, phrasing=phrasing)
 
 
 def parse_row(row: Any, source: str = "") -> Example:
@@ -107,7 +112,7 @@ def parse_row(row: Any, source: str = "") -> Example:
             value of the wrong type. The message names the field.
 
     >>> parse_row({"context": "I baked bread.", "question": "Is it about cooking?", "answer": "Yes"}).qas
-    (QA(question='Is it about cooking?', reference='Yes', family=None),)
+    (QA(question='Is it about cooking?', reference='Yes', family=None, phrasing=None),)
     """
     if not isinstance(row, Mapping):
         raise BadRow(f"row must be a JSON object, got {type(row).__name__}")
@@ -116,7 +121,7 @@ def parse_row(row: Any, source: str = "") -> Example:
         if "questions" in row:
             items, name = row["questions"], "questions"
         elif "question" in row:
-            items, name = [{k: row[k] for k in ("question", "answer", "family") if k in row}], "question"
+            items, name = [{k: row[k] for k in ("question", "answer", "family", "phrasing") if k in row}], "question"
         else:
             raise BadRow('row has "context" but neither "questions" nor "question"')
     elif "wildchat_question" in row:
