@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 16
 BASE = ["model.adapter=null", "logging.progress=false", "logging.checkpoint_every=100000", "eval.batch_size=32",
         "ao_sft.context_prediction_frac=0.0", "ao_sft.open_frac=0.5", "ao_sft.yes_no_sampling=balanced",
-        "data.layer_percents=[50]", "ao_sft.heldout_examples=400", "ao_sft.lr=1e-3", "ao_sft.warmup_steps=10"]
+        "data.layer_percents=[50]", "ao_sft.heldout_examples=300", "ao_sft.lr=1e-3", "ao_sft.warmup_steps=10"]
 """Every variant starts from these: 8 open + 8 balanced yes/no per batch of 16, layer 50 %, K 1-5 at the end."""
 VARIANTS: dict[str, list[str]] = {
     "mix": [],
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="smollm2", help="tiny for a smoke test")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--heldout", default="builtin_eval")
+    p.add_argument("--heldout", default="builtin_heldout")
     p.add_argument("--cache", default=str(ROOT / "runs" / "ao_design" / "slices.safetensors"))
     p.add_argument("--probe", action="store_true", help="print the probe ceilings and stop")
     p.add_argument("--list", action="store_true")

@@ -74,21 +74,22 @@ def _yes_share(items, question):
 def test_balanced_yes_no_sampling_balances_every_question_and_natural_keeps_the_data_frequencies(cfg, tokenizer):
     examples = load_examples(cfg.data)
     only_yes_no = replace(cfg, ao_sft=replace(cfg.ao_sft, open_frac=0.0, context_prediction_frac=0.0))
-    items = ao_sft.draw_items(only_yes_no, examples, tokenizer, 6000, seed=0, context_prediction=False)
+    n = 20000
+    items = ao_sft.draw_items(only_yes_no, examples, tokenizer, n, seed=0, context_prediction=False)
     assert {it.kind for it in items} == {"yes_no"}
     pools, _ = ao_tasks.question_pools(examples)
-    per_question = 6000 / len(pools)
-    english = "Is this text written in English?"
-    assert len(pools[english]["yes"]) > 10 * len(pools[english]["no"]), "the data's English question is mostly Yes"
+    per_question = n / len(pools)
+    skewed = "Is this text about travel?"
+    yes, no = len(pools[skewed]["yes"]), len(pools[skewed]["no"])
+    assert yes * 5 < no, "the expanded data asks 'about travel?' mostly of other topics"
     for question in pools:
-        share, n = _yes_share(items, question)
-        assert abs(n - per_question) < 0.35 * per_question, (question, n)  # question texts drawn uniformly
-        assert abs(share - 0.5) < 0.12, (question, share)  # ~6 binomial sd at n ~ 130
+        share, got = _yes_share(items, question)
+        assert abs(got - per_question) < 0.35 * per_question, (question, got)  # question texts drawn uniformly
+        assert abs(share - 0.5) < 0.15, (question, share)  # ~4.4 binomial sd at ~217 draws per question
     natural = replace(only_yes_no, ao_sft=replace(only_yes_no.ao_sft, yes_no_sampling="natural"))
-    items = ao_sft.draw_items(natural, examples, tokenizer, 6000, seed=0, context_prediction=False)
-    share, _ = _yes_share(items, english)
-    data_share = len(pools[english]["yes"]) / (len(pools[english]["yes"]) + len(pools[english]["no"]))
-    assert abs(share - data_share) < 0.05 and share > 0.85
+    items = ao_sft.draw_items(natural, examples, tokenizer, n, seed=0, context_prediction=False)
+    share, _ = _yes_share(items, skewed)
+    assert abs(share - yes / (yes + no)) < 0.06 and share < 0.25
 
 
 def test_position_jitter_and_max_positions_shape_the_training_windows_only(cfg, tokenizer):
@@ -119,7 +120,7 @@ def test_counterfactual_items_read_a_context_that_answers_the_question_different
         asked = [qa.reference for qa in donor.qas if qa.question == it.question]
         assert all(a != it.reference for a in asked), "where the data asks the donor, its answer differs"
         checked += 1
-    assert checked > 0.9 * len(held), (checked, len(held))
+    assert checked > 0.75 * len(held), (checked, len(held))  # 822 of 1000 here
 
 
 def test_heldout_source_holds_out_every_context_of_that_source(cfg):
@@ -215,3 +216,27 @@ def test_ao_sft_resume_continues_from_the_checkpoint_to_the_same_adapter(cfg, tm
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_with_activations_reads_each_window_as_the_subject_reads_that_prefix(cfg, tiny, tokenizer, tmp_path):
+    """One read per (text, layer), sliced per item: the k vectors ending `offset` tokens before the end equal the
+    last k vectors of the text cut `offset` tokens short (causal attention), for every item."""
+    import torch
+
+    from grpo_ao.steering import extract_activations
+
+    model, _ = tiny
+    jit = replace(cfg, ao_sft=replace(cfg.ao_sft, position_jitter=3, context_prediction_frac=0.0))
+    items = ao_sft.draw_items(jit, load_examples(cfg.data)[:6], tokenizer, 24, seed=0, context_prediction=False)
+    assert any(it.offset for it in items) and len({it.text for it in items}) < len(items)
+    vectors = ao_sft.with_activations(jit, model, tokenizer, items, tmp_path / "cache")
+    layers = ao_sft.subject_layers(model, items)
+    for it, layer, v in zip(items, layers, vectors, strict=True):
+        ids = tokenizer(it.text, add_special_tokens=False)["input_ids"]
+        prefix = tokenizer.decode(ids[:len(ids) - it.offset])
+        assert tokenizer(prefix, add_special_tokens=False)["input_ids"] == ids[:len(ids) - it.offset]
+        (alone,) = extract_activations(model, tokenizer, [prefix], [layer], [it.k], cfg.data.context_format)
+        assert v.shape == (it.k, model.config.hidden_size)
+        torch.testing.assert_close(v, alone.float(), atol=1e-5, rtol=0)
+    cached = ao_sft.with_activations(jit, model, tokenizer, items, tmp_path / "cache")
+    assert all(torch.equal(a, b) for a, b in zip(vectors, cached, strict=True)), "read back from the cache"

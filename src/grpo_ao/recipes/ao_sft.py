@@ -99,16 +99,26 @@ def cache_key(cfg: RunConfig, kind: str) -> str:
 def with_activations(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoItem],
                      cache_dir: Path) -> list[torch.Tensor]:
     """Step 2: subject activations [K, hidden] per item (adapter off), cached as safetensors: the k tokens
-    ending `offset` tokens before the end (the last k + offset read, the first k kept: causal, so the same)."""
+    ending `offset` tokens before the end. One read per (text, layer), of its largest k + offset last tokens;
+    each item's window is a slice of it (causal attention: a position never sees the tokens after it)."""
     path = cache_dir / "activations.safetensors"
     if path.exists():
         acts = load_file(str(path))
         return [acts[f"v{i}"] for i in range(len(items))]
     layers = subject_layers(model, items)
-    bar = progress_bar(len(items), "ao-sft activations", cfg.logging.progress)
-    read = extract_in_batches(model, tokenizer, [it.text for it in items], layers, [it.k + it.offset for it in items],
-                              cfg.data.context_format, EXTRACT_BATCH, bar.update)
-    vectors = [v[:it.k].float() for v, it in zip(read, items, strict=True)]
+    width: dict[tuple[str, int], int] = {}
+    for it, layer in zip(items, layers, strict=True):
+        width[(it.text, layer)] = max(width.get((it.text, layer), 0), it.k + it.offset)
+    reads = list(width)
+    bar = progress_bar(len(reads), "ao-sft activations", cfg.logging.progress)
+    read = dict(zip(reads, extract_in_batches(model, tokenizer, [t for t, _ in reads], [layer for _, layer in reads],
+                                              [width[r] for r in reads], cfg.data.context_format, EXTRACT_BATCH,
+                                              bar.update), strict=True))
+    vectors = []
+    for it, layer in zip(items, layers, strict=True):
+        v = read[(it.text, layer)]  # [width, hidden], ending at the text's last token
+        end = v.shape[0] - it.offset
+        vectors.append(v[end - it.k:end].float().clone())  # [k, hidden]
     bar.close()
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_file({f"v{i}": v.contiguous() for i, v in enumerate(vectors)}, str(path) + ".tmp")
