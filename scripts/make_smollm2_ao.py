@@ -50,7 +50,8 @@ def eval_check(config: str, adapter: str, out: Path, overrides: list[str]) -> tu
         cfg, model, tokenizer, its, out / "eval_cache" / name))
     result = ao_sft.heldout_check(cfg, model, tokenizer, held)
     cache = SliceCache(model, tokenizer, cfg.data.context_format, out / "eval_cache" / "probe.safetensors")
-    probes = {f"layer_{p}": probe(cache, train_ex, held_ex, p) for p in cfg.data.layer_percents}
+    probe_train = train_ex[::max(1, len(train_ex) // 1500)]  # ~1500 training contexts: a ceiling, not a race
+    probes = {f"layer_{p}": probe(cache, probe_train, held_ex, p) for p in cfg.data.layer_percents}
     record = [{**asdict(it), **{f"answer_{c}": result[c]["answers"][i] for c in ao_sft.CONTROLS},
                "counterfactual_text": None if cf is None else cf.text}
               for i, (it, cf) in enumerate(zip(held["items"], held["cf_items"], strict=True))]
