@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     for name in args.variants.split(","):
         points, s_per_step = run_variant(name, VARIANTS[name], args, cache, train, held_ex, tokenizer)
         rows.append((name, points, s_per_step))
-    print(f"\n| variant | steps | s/step | held-out real/counterfactual at each eval step (cheap check) |\n|---|---|---|---|")
+    print("\n| variant | steps | s/step | held-out real/counterfactual at each eval step (cheap check) |\n|---|---|---|---|")
     for name, points, sps in rows:
         for step, point in sorted(points.items()):
             print(f"| {name} | {step} | {sps:.2f} | {fmt(point)} |")

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from grpo_ao import ao_tasks
 from grpo_ao.config import load_config
 from grpo_ao.data import load_examples, split_examples
-from grpo_ao import ao_tasks
 from grpo_ao.recipes import ao_sft
 
 
