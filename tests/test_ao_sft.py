@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from grpo_ao import ao_tasks
 from grpo_ao.config import load_config
 from grpo_ao.data import load_examples, split_examples
 from grpo_ao.recipes import ao_sft
@@ -32,7 +33,7 @@ def test_context_prediction_item_targets_the_tokens_next_to_the_read_window(cfg,
     n = cfg.ao_sft.context_prediction_tokens
     seen = set()
     for ex in examples[:40]:
-        item = ao_sft.context_prediction_item(ex, rng, cfg, tokenizer)
+        item = ao_tasks.context_prediction_item(ex, rng, cfg.data, cfg.ao_sft, tokenizer)
         if item is None:
             continue
         seen.add(item.kind)
@@ -47,21 +48,86 @@ def test_context_prediction_item_targets_the_tokens_next_to_the_read_window(cfg,
     assert seen == {"next", "previous"}
 
 
-def test_draw_items_mixes_classification_and_context_prediction_in_the_configured_share(cfg, tokenizer):
+def test_draw_items_mixes_the_kinds_in_the_configured_shares(cfg, tokenizer):
     examples = load_examples(cfg.data)
     items = ao_sft.draw_items(cfg, examples, tokenizer, 40, seed=0, context_prediction=True)
     assert len(items) == 40
-    n_ctx = sum(it.kind in ("next", "previous") for it in items)
-    assert n_ctx == round(40 * cfg.ao_sft.context_prediction_frac)
+    want = ao_tasks.kind_counts(40, cfg.ao_sft, context_prediction=True)
+    assert want == {"yes_no": 40 - 10 - 16, "open": 16, "context": 10}  # 0.25 and 0.4 of 40
+    assert sum(it.kind in ("next", "previous") for it in items) == want["context"]
+    assert sum(it.kind == "open" for it in items) == want["open"]
+    assert sum(it.kind == "yes_no" for it in items) == want["yes_no"]
     for it in items:
         if it.kind in ("yes_no", "open"):
-            assert it.target == it.reference and it.reference is not None
-            assert any(qa.question == it.question and qa.reference == it.reference
-                       for ex in examples if ex.context == it.text for qa in ex.qas)
-    held = ao_sft.draw_items(cfg, examples, tokenizer, 20, seed=1, context_prediction=False)
-    assert all(it.kind in ("yes_no", "open") for it in held)
-    assert {it.kind for it in held} == {"yes_no", "open"}
+            assert it.target == it.reference and it.reference is not None and it.offset == 0
+            ex = next(ex for ex in examples if ex.context == it.text)
+            assert any(qa.question == it.question and qa.reference == it.reference for qa in ex.qas)
+            assert it.labels == ex.labels, "each item carries its context's labels"
     assert ao_sft.draw_items(cfg, examples, tokenizer, 40, seed=0, context_prediction=True) == items, "seeded"
+
+
+def _yes_share(items, question):
+    answers = [it.reference for it in items if it.question == question]
+    return sum(a == "Yes" for a in answers) / len(answers), len(answers)
+
+
+def test_balanced_yes_no_sampling_balances_every_question_and_natural_keeps_the_data_frequencies(cfg, tokenizer):
+    examples = load_examples(cfg.data)
+    only_yes_no = replace(cfg, ao_sft=replace(cfg.ao_sft, open_frac=0.0, context_prediction_frac=0.0))
+    n = 20000
+    items = ao_sft.draw_items(only_yes_no, examples, tokenizer, n, seed=0, context_prediction=False)
+    assert {it.kind for it in items} == {"yes_no"}
+    pools, _ = ao_tasks.question_pools(examples)
+    per_question = n / len(pools)
+    skewed = "Is this text about travel?"
+    yes, no = len(pools[skewed]["yes"]), len(pools[skewed]["no"])
+    assert yes * 5 < no, "the expanded data asks 'about travel?' mostly of other topics"
+    for question in pools:
+        share, got = _yes_share(items, question)
+        assert abs(got - per_question) < 0.35 * per_question, (question, got)  # question texts drawn uniformly
+        assert abs(share - 0.5) < 0.15, (question, share)  # ~4.4 binomial sd at ~217 draws per question
+    natural = replace(only_yes_no, ao_sft=replace(only_yes_no.ao_sft, yes_no_sampling="natural"))
+    items = ao_sft.draw_items(natural, examples, tokenizer, n, seed=0, context_prediction=False)
+    share, _ = _yes_share(items, skewed)
+    assert abs(share - yes / (yes + no)) < 0.06 and share < 0.25
+
+
+def test_position_jitter_and_max_positions_shape_the_training_windows_only(cfg, tokenizer):
+    examples = load_examples(cfg.data)
+    jit = replace(cfg, ao_sft=replace(cfg.ao_sft, position_jitter=3, max_positions=8, context_prediction_frac=0.0))
+    items = ao_sft.draw_items(jit, examples, tokenizer, 400, seed=0, context_prediction=False)
+    assert {it.offset for it in items} == {0, 1, 2, 3} and max(it.k for it in items) == 8
+    for it in items:
+        assert it.k + it.offset <= ao_tasks.count_tokens(tokenizer, it.text)
+    held = ao_tasks.heldout_items(examples[:30], tokenizer, 1000, seed=1, data=jit.data)
+    assert {it.offset for it in held} == {0} and max(it.k for it in held) <= jit.data.max_positions
+    assert len(held) == sum(qa.reference is not None for ex in examples[:30] for qa in ex.qas), "every labelled pair"
+
+
+def test_counterfactual_items_read_a_context_that_answers_the_question_differently(cfg, tokenizer):
+    examples = load_examples(cfg.data)
+    held = ao_tasks.heldout_items(examples[:80], tokenizer, 1000, seed=1, data=cfg.data)
+    cf = ao_tasks.counterfactual_items(held, tokenizer, seed=0)
+    by_text = {ex.context: ex for ex in examples}
+    checked = 0
+    for it, c in zip(held, cf, strict=True):
+        if c is None:
+            continue
+        assert c.text != it.text and (c.question, c.reference, c.layer_percent, c.k) == (
+            it.question, it.reference, it.layer_percent, it.k), "the donor context at the item's own layer and K"
+        donor = by_text[c.text]
+        assert donor.label_map[it.family] != dict(it.labels)[it.family], "the donor's label differs"
+        asked = [qa.reference for qa in donor.qas if qa.question == it.question]
+        assert all(a != it.reference for a in asked), "where the data asks the donor, its answer differs"
+        checked += 1
+    assert checked > 0.75 * len(held), (checked, len(held))  # 822 of 1000 here
+
+
+def test_heldout_source_holds_out_every_context_of_that_source(cfg):
+    held_cfg = replace(cfg, ao_sft=replace(cfg.ao_sft, heldout_source="builtin_eval"))
+    train, held = ao_sft.split_contexts(held_cfg)
+    assert len(held) == len(load_examples(replace(cfg.data, source="builtin_eval")))
+    assert not {ex.context for ex in train} & {ex.context for ex in held} and train
 
 
 def test_teacher_forcing_batch_has_no_system_prompt_and_ends_answers_with_end_of_turn(cfg, tiny, tokenizer):
@@ -77,12 +143,13 @@ def test_teacher_forcing_batch_has_no_system_prompt_and_ends_answers_with_end_of
         assert ids[-1] == eot and tokenizer.decode(ids[:-1]) == it.target
 
 
-def test_ao_sft_run_trains_writes_an_adapter_and_reports_real_and_shuffled_accuracy(cfg, tmp_path):
-    run_cfg = replace(cfg, logging=replace(cfg.logging, output_dir=str(tmp_path / "ao")))
+def test_ao_sft_run_trains_writes_an_adapter_and_reports_real_and_both_controls(cfg, tmp_path):
+    run_cfg = replace(cfg, ao_sft=replace(cfg.ao_sft, heldout_source="builtin_eval"),
+                      logging=replace(cfg.logging, output_dir=str(tmp_path / "ao")))
     summary = ao_sft.run(run_cfg)
     assert summary["steps"] == 3 and summary["train_items"] == 24 and summary["heldout_items"] == 12
     for when in ("before", "after"):
-        for kind in ("real", "shuffled"):
+        for kind in ("real", "shuffled", "counterfactual"):
             assert 0.0 <= summary[when][kind]["accuracy"] <= 1.0
     adapter = tmp_path / "ao" / "checkpoints" / "step-000003" / "adapter"
     assert summary["adapter"] == str(adapter) and (adapter / "adapter_config.json").exists()
@@ -96,7 +163,40 @@ def test_ao_sft_run_trains_writes_an_adapter_and_reports_real_and_shuffled_accur
     assert [m["step"] for m in metrics if "ao_sft/loss" in m] == [1, 2, 3]
     from grpo_ao import metrics as M
 
-    assert {k for m in metrics for k in m} - {"step", "time"} == set(M.STAGE_METRICS["ao_sft"])
+    logged = {k for m in metrics for k in m} - {"step", "time"}
+    assert logged <= set(M.STAGE_METRICS["ao_sft"])
+    curve = [json.loads(line) for line in (tmp_path / "ao" / "heldout_curve.jsonl").read_text().splitlines()]
+    scored = {M.ao_curve_key(r["kind"], r["control"]) for r in curve} | {
+        M.ao_curve_family_key(r["family"], r["control"]) for r in curve}
+    assert {"ao_sft/curve_yes_no_real", "ao_sft/curve_yes_no_counterfactual"} <= scored
+    every_run = set(M.STAGE_METRICS["ao_sft"]) - {k for k in M.STAGE_METRICS["ao_sft"] if "curve" in k or "family" in k}
+    assert logged == every_run | scored
+    assert (tmp_path / "ao" / "ao_learning_curve.png").stat().st_size > 1000
+
+
+def test_learning_curve_metrics_are_recomputed_from_the_written_heldout_scores(cfg, tmp_path):
+    """Every curve metric at every logged step equals the share of that step's rows in heldout_curve.jsonl whose
+    top-scored candidate is the reference (recomputed here from the raw scores, not from `correct`)."""
+    from collections import defaultdict
+
+    from grpo_ao import metrics as M
+
+    run_cfg = replace(cfg, ao_sft=replace(cfg.ao_sft, eval_every=1, heldout_source="builtin_eval"),
+                      logging=replace(cfg.logging, output_dir=str(tmp_path / "ao")))
+    ao_sft.run(run_cfg)
+    rows = [json.loads(line) for line in (tmp_path / "ao" / "heldout_curve.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in rows}) == [0, 1, 2, 3]
+    hits = defaultdict(list)
+    for r in rows:
+        assert set(r["scores"]) == ({"Yes", "No"} if r["kind"] == "yes_no" else set(r["scores"])) and len(r["scores"]) >= 2
+        ok = max(r["scores"], key=r["scores"].get).lower() == r["reference"].lower()
+        hits[(r["step"], M.ao_curve_key(r["kind"], r["control"]))].append(ok)
+        hits[(r["step"], M.ao_curve_family_key(r["family"], r["control"]))].append(ok)
+    metrics = [json.loads(line) for line in (tmp_path / "ao" / "metrics.jsonl").read_text().splitlines()]
+    logged = {(m["step"], k): v for m in metrics for k, v in m.items() if k.startswith(("ao_sft/curve", "ao_sft_family"))}
+    assert logged.keys() == hits.keys()
+    for key, h in hits.items():
+        assert logged[key] == pytest.approx(sum(h) / len(h), abs=1e-12), key
 
 
 def test_ao_sft_resume_continues_from_the_checkpoint_to_the_same_adapter(cfg, tmp_path):
@@ -116,3 +216,27 @@ def test_ao_sft_resume_continues_from_the_checkpoint_to_the_same_adapter(cfg, tm
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_with_activations_reads_each_window_as_the_subject_reads_that_prefix(cfg, tiny, tokenizer, tmp_path):
+    """One read per (text, layer), sliced per item: the k vectors ending `offset` tokens before the end equal the
+    last k vectors of the text cut `offset` tokens short (causal attention), for every item."""
+    import torch
+
+    from grpo_ao.steering import extract_activations
+
+    model, _ = tiny
+    jit = replace(cfg, ao_sft=replace(cfg.ao_sft, position_jitter=3, context_prediction_frac=0.0))
+    items = ao_sft.draw_items(jit, load_examples(cfg.data)[:6], tokenizer, 24, seed=0, context_prediction=False)
+    assert any(it.offset for it in items) and len({it.text for it in items}) < len(items)
+    vectors = ao_sft.with_activations(jit, model, tokenizer, items, tmp_path / "cache")
+    layers = ao_sft.subject_layers(model, items)
+    for it, layer, v in zip(items, layers, vectors, strict=True):
+        ids = tokenizer(it.text, add_special_tokens=False)["input_ids"]
+        prefix = tokenizer.decode(ids[:len(ids) - it.offset])
+        assert tokenizer(prefix, add_special_tokens=False)["input_ids"] == ids[:len(ids) - it.offset]
+        (alone,) = extract_activations(model, tokenizer, [prefix], [layer], [it.k], cfg.data.context_format)
+        assert v.shape == (it.k, model.config.hidden_size)
+        torch.testing.assert_close(v, alone.float(), atol=1e-5, rtol=0)
+    cached = ao_sft.with_activations(jit, model, tokenizer, items, tmp_path / "cache")
+    assert all(torch.equal(a, b) for a, b in zip(vectors, cached, strict=True)), "read back from the cache"

@@ -188,6 +188,24 @@ class AoSftConfig:
     """Cap on the tokens of a teacher-forced answer."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (works with the injection hook); saves memory on large models."""
+    open_frac: float = 0.4
+    """Share of training items that are open label questions ("What is the topic of this text?"); the rest,
+    after context prediction, are yes/no questions. Rule: `grpo_ao.ao_tasks`."""
+    yes_no_sampling: str = "balanced"
+    """"balanced": pick a yes/no question text uniformly, then Yes or No with p = 0.5, then a context with
+    that answer; "natural": a (context, yes/no question) pair uniformly, the data's own answer frequencies."""
+    max_positions: int | None = None
+    """Largest K of the training items (K uniform in [data.min_positions, this]); null = data.max_positions.
+    Held-out items always use data.min_positions..data.max_positions, as the later stages read."""
+    position_jitter: int = 0
+    """Training items' K vectors end 0..position_jitter tokens (uniform) before the end of the text, as in the
+    Activation Oracles recipe; 0 = always the last K tokens. Held-out items read the last K tokens."""
+    heldout_source: str | None = None
+    """A data source (as data.source) whose contexts are the held-out set, e.g. "builtin_heldout"; training
+    contexts with the same text are dropped. null: hold out `heldout_contexts` random contexts of data.source."""
+    eval_every: int = 0
+    """Learning curve: every this many steps, the cheap held-out check (Yes vs No first-token logit; open
+    questions: the candidate answers' logprob), real vs counterfactual, per family. 0 = only before and after."""
 
     def __post_init__(self) -> None:
         for name in ("num_examples", "heldout_examples", "heldout_contexts", "context_prediction_tokens", "epochs",
@@ -195,6 +213,17 @@ class AoSftConfig:
             require(getattr(self, name) >= 1, f"ao_sft.{name}={getattr(self, name)} must be >= 1.")
         require(0 <= self.context_prediction_frac < 1,
                f"ao_sft.context_prediction_frac={self.context_prediction_frac} must be in [0, 1).")
+        require(0 <= self.open_frac <= 1 - self.context_prediction_frac,
+                f"ao_sft.open_frac={self.open_frac} must be in [0, 1 - ao_sft.context_prediction_frac] "
+                f"(= {1 - self.context_prediction_frac:g}); the rest of the items are yes/no questions.")
+        require(self.yes_no_sampling in ("balanced", "natural"),
+                f"ao_sft.yes_no_sampling={self.yes_no_sampling!r} must be 'balanced' or 'natural'.")
+        require(self.max_positions is None or self.max_positions >= 1,
+                f"ao_sft.max_positions={self.max_positions} must be >= 1 or null (data.max_positions).")
+        require(self.position_jitter >= 0 and self.eval_every >= 0,
+                f"ao_sft.position_jitter={self.position_jitter} and ao_sft.eval_every={self.eval_every} must be >= 0.")
+        if self.heldout_source is not None:
+            DataConfig(source=self.heldout_source)  # the same rule as data.source; its message names the fix
         require_optimizer("ao_sft", self.lr, 0 if self.warmup_steps is None else self.warmup_steps,
                           self.max_grad_norm)
         require(self.lr_schedule in LR_SCHEDULES,

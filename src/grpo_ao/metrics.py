@@ -69,6 +69,23 @@ AO_SFT_LOSS = "ao_sft/loss"
 AO_SFT_HELDOUT_ACCURACY_BEFORE = "ao_sft/heldout_accuracy_before"
 AO_SFT_HELDOUT_ACCURACY_AFTER = "ao_sft/heldout_accuracy_after"
 AO_SFT_HELDOUT_SHUFFLED_ACCURACY_AFTER = "ao_sft/heldout_shuffled_accuracy_after"
+AO_SFT_HELDOUT_COUNTERFACTUAL_ACCURACY_AFTER = "ao_sft/heldout_counterfactual_accuracy_after"
+CURVE_FAMILIES = ("topic", "sentiment", "language", "tense", "number", "fact")
+"""The built-in data's task families: the learning curve logs a metric per family for these (others are in
+heldout_curve.jsonl and the plot only)."""
+CURVE_CONTROLS = ("real", "counterfactual")
+
+
+def ao_curve_key(kind: str, control: str) -> str:
+    """The learning-curve metric of yes/no or open items.  >>> ao_curve_key("yes_no", "real") -> 'ao_sft/curve_yes_no_real'"""
+    assert kind in ("yes_no", "open") and control in CURVE_CONTROLS, (kind, control)
+    return f"ao_sft/curve_{kind}_{control}"
+
+
+def ao_curve_family_key(family: str, control: str) -> str:
+    """The learning-curve metric of one family.  >>> ao_curve_family_key("topic", "real") -> 'ao_sft_family/topic_real'"""
+    assert family in CURVE_FAMILIES and control in CURVE_CONTROLS, (family, control)
+    return f"ao_sft_family/{family}_{control}"
 
 
 def confidence_hist_key(level: int) -> str:
@@ -99,8 +116,12 @@ SFT_METRICS: tuple[str, ...] = (SFT_LOSS, OPTIM_GRAD_NORM, OPTIM_LR, SFT_PARSE_R
 AO_SFT_METRICS: tuple[str, ...] = (
     AO_SFT_LOSS, OPTIM_GRAD_NORM, OPTIM_LR,
     AO_SFT_HELDOUT_ACCURACY_BEFORE, AO_SFT_HELDOUT_ACCURACY_AFTER, AO_SFT_HELDOUT_SHUFFLED_ACCURACY_AFTER,
+    AO_SFT_HELDOUT_COUNTERFACTUAL_ACCURACY_AFTER,
+    *(ao_curve_key(k, c) for k in ("yes_no", "open") for c in CURVE_CONTROLS),
+    *(ao_curve_family_key(f, c) for f in CURVE_FAMILIES for c in CURVE_CONTROLS),
 )  # fmt: skip
-"""What `grpo-ao ao-sft` logs: loss, gradient norm and lr per step, held-out accuracies once at the end."""
+"""What `grpo-ao ao-sft` logs: loss, gradient norm and lr per step, held-out accuracies once at the end, the
+learning curve (step 0, every `ao_sft.eval_every` steps, the last step; a family only where held out)."""
 STAGE_METRICS: dict[str, tuple[str, ...]] = {"ao_sft": AO_SFT_METRICS, "sft": SFT_METRICS, "grpo": GRPO_METRICS,
                                              "eval": ()}
 """Metric names per stage. `grpo-ao eval` logs none: its numbers are in eval.json and eval.md."""

@@ -102,3 +102,33 @@ def confidence_histogram(hist_counts: Sequence[int], title: str, path: str | Pat
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def ao_learning_curve(points: Mapping[int, Mapping[str, Mapping[str, float]]], title: str, path: str | Path) -> Path:
+    """AO pretraining's held-out curve: per group (yes/no, open, each family) accuracy against the step, real
+    activations solid, the counterfactual control dashed in the same colour.
+
+    Args:
+        points: {step: `ao_heldout.curve_summary(rows of that step)`} = {step: {control: {group: accuracy}}}.
+        title: plot title.
+        path: PNG file to write (parent folders are created).
+    """
+    steps = sorted(points)
+    groups = sorted({g for p in points.values() for part in p.values() for g in part})
+    fig = Figure(figsize=(8, 5))
+    ax = fig.add_subplot()
+    colors = [f"C{i % 10}" for i in range(len(groups))]
+    for g, color in zip(groups, colors, strict=True):
+        for control, style in (("real", "-"), ("counterfactual", "--")):
+            xy = [(s, points[s][control][g]) for s in steps if g in points[s].get(control, {})]
+            if xy:
+                ax.plot(*zip(*xy, strict=True), style, color=color, marker="o", markersize=3,
+                        label=f"{g.removeprefix('family:')} ({control})", linewidth=2 if ":" not in g else 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out accuracy (cheap check)")
+    ax.set_title(f"{title}\nsolid: real activations, dashed: counterfactual control (a reader goes to 0)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -3,19 +3,19 @@
 The Activation Oracles recipe (https://arxiv.org/abs/2512.15674) at small scale, for models without a
 published oracle: a LoRA learns to answer questions about a text from the subject's activations alone.
 
-  1. Split the examples of `data.source` by CONTEXT: `ao_sft.heldout_contexts` of them are held out and
-     never trained on. Draw the items (seeded):
-     - classification: a labelled question of an example (yes/no, about half negatives in the built-in
-       data, or an open label question), target = the reference answer;
-     - context prediction (self-supervised, any text): the activations at K positions ending at a random
-       token e, target = the next (or previous) `ao_sft.context_prediction_tokens` tokens of the text.
-     Each item gets a layer % from `data.layer_percents` and K from the config range.
+  1. Held-out contexts: every context of `ao_sft.heldout_source` when set (training contexts with the same
+     text dropped), else `ao_sft.heldout_contexts` random contexts of `data.source`; never trained on.
+     Training items (`grpo_ao.ao_tasks.draw_items`, seeded): balanced (or natural) yes/no questions, open
+     label questions and self-supervised context prediction in the configured shares; held-out items: the
+     labelled questions of the held-out contexts, each with its counterfactual item (`ao_tasks`).
   2. Subject activations (adapter off) for every item, extracted once and cached on disk.
-  3. Held-out accuracy before training, with the real activations and with shuffled ones (each item gets
-     the activations of a held-out item with a different reference: a fixed derangement).
+  3. Held-out check before training (`grpo_ao.ao_heldout`): greedy answers graded by `grade`, with the real
+     activations, the shuffled control and the counterfactual control; the cheap check (learning curve).
   4. Teacher-forced cross-entropy on the answer tokens, base-oracle layout (no system prompt), injection
-     at `oracle.injection_layer`, batched; checkpoints every `logging.checkpoint_every` steps (resumable).
-  5. Held-out accuracy after training (real and shuffled); summary.json.
+     at `oracle.injection_layer`, batched; the cheap check every `ao_sft.eval_every` steps (metrics,
+     heldout_curve.jsonl, ao_learning_curve.png, the progress bar); checkpoints every
+     `logging.checkpoint_every` steps (resumable).
+  5. The held-out check after training; heldout_answers.jsonl and summary.json.
 
 Data parallel (`accelerate launch`, see `grpo_ao.distributed`): rank 0 extracts and caches the activations
 and the others read the cache; each step's `ao_sft.batch_size` items are split across the ranks (global
@@ -31,23 +31,22 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from grpo_ao import controls
+from grpo_ao import ao_heldout, ao_tasks, controls
 from grpo_ao import metrics as M
+from grpo_ao.ao_heldout import prompt_for
+from grpo_ao.ao_tasks import AoItem, context_prediction_item  # noqa: F401  (the recipe's public names)
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from grpo_ao.config import RunConfig
 from grpo_ao.data import Example, load_examples, split_examples
-from grpo_ao.distributed import gather_objects, main_first, place, print0, require_divisible, shard, unshard
+from grpo_ao.distributed import main_first, place, print0, require_divisible, shard
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.format import left_pad, render_oracle_prompt
-from grpo_ao.grading import grade, is_yes_no_question
-from grpo_ao.models import num_layers
 from grpo_ao.recipes.adapters import written_layout
 from grpo_ao.recipes.setup import (
     archive_previous_run,
@@ -64,103 +63,34 @@ from grpo_ao.recipes.setup import (
     tokenizer_fingerprint,
     write_json,
 )
-from grpo_ao.rollout import (
-    OracleInputs,
-    Rollouts,
-    SamplingConfig,
-    generate_rollouts,
-    subject_layers,
-    teacher_forcing_rollouts,
-)
-from grpo_ao.steering import extract_in_batches, layer_for_percent
+from grpo_ao.rollout import Rollouts, subject_layers, teacher_forcing_rollouts
+from grpo_ao.steering import extract_in_batches
 
-NEXT_QUESTION = "Can you predict the next {n} tokens that come after this?"
-PREVIOUS_QUESTION = "Can you predict the {n} tokens that come before this?"
 EXTRACT_BATCH = 32
-
-
-@dataclass(frozen=True)
-class AoItem:
-    """One (activations → answer) training or held-out item."""
-
-    text: str
-    """What the subject reads; its LAST k tokens' activations are injected."""
-    question: str
-    target: str
-    """The answer the oracle is taught (the reference, or the predicted tokens)."""
-    reference: str | None
-    """Reference for `grade` (classification items); None for context prediction."""
-    family: str | None
-    kind: str
-    """yes_no | open | next | previous."""
-    layer_percent: int
-    k: int
-
-
-def _labelled(ex: Example) -> list[Any]:
-    return [qa for qa in ex.qas if qa.reference is not None]
-
-
-def classification_item(ex: Example, rng: random.Random, cfg: RunConfig, n_tokens: int) -> AoItem | None:
-    """A labelled question of `ex` with its reference as the target; None when `ex` has no labelled one."""
-    qas = _labelled(ex)
-    if not qas or n_tokens < cfg.data.min_positions:
-        return None
-    qa = rng.choice(qas)
-    kind = "yes_no" if is_yes_no_question(qa.question, qa.reference) else "open"
-    return AoItem(ex.context, qa.question, qa.reference, qa.reference, qa.family, kind,
-                  rng.choice(cfg.data.layer_percents), rng.randint(cfg.data.min_positions,
-                                                                   min(cfg.data.max_positions, n_tokens)))
-
-
-def context_prediction_item(ex: Example, rng: random.Random, cfg: RunConfig, tokenizer: Any) -> AoItem | None:
-    """Activations at K tokens ending at e → the next (or previous) n tokens of the text; None if too short."""
-    ids = tokenizer(ex.context, add_special_tokens=False)["input_ids"]
-    n = cfg.ao_sft.context_prediction_tokens
-    k = rng.randint(cfg.data.min_positions, cfg.data.max_positions)
-    direction = rng.choice(("next", "previous"))
-    lo = k if direction == "next" else k + n
-    hi = len(ids) - n if direction == "next" else len(ids)
-    if hi < lo:
-        return None
-    end = rng.randint(lo, hi)
-    prefix = tokenizer.decode(ids[:end])
-    if tokenizer(prefix, add_special_tokens=False)["input_ids"] != ids[:end]:
-        return None  # the prefix would tokenize differently on its own: the K positions would shift
-    span = ids[end:end + n] if direction == "next" else ids[end - k - n:end - k]
-    target = tokenizer.decode(span).strip()
-    if not target:
-        return None
-    question = (NEXT_QUESTION if direction == "next" else PREVIOUS_QUESTION).format(n=n)
-    return AoItem(prefix, question, target, None, None, direction, rng.choice(cfg.data.layer_percents), k)
+CONTROLS = ("real", "shuffled", "counterfactual")
 
 
 def draw_items(cfg: RunConfig, examples: list[Example], tokenizer: Any, n: int, seed: int,
                context_prediction: bool) -> list[AoItem]:
-    """Step 1: `n` items, a share `ao_sft.context_prediction_frac` of them context prediction (seeded)."""
-    rng = random.Random(seed)
-    n_tokens = {ex.context: len(tokenizer(ex.context, add_special_tokens=False)["input_ids"]) for ex in examples}
-    labelled = [ex for ex in examples if _labelled(ex)]
-    if not labelled:
-        raise GrpoAoError(f"ao-sft needs questions with reference answers; data.source={cfg.data.source!r} has none "
-                          "(see docs/data.md: questions with an \"answer\").")
-    n_ctx = round(n * cfg.ao_sft.context_prediction_frac) if context_prediction else 0
-    items: list[AoItem] = []
-    plans = ((n - n_ctx, labelled, lambda ex: classification_item(ex, rng, cfg, n_tokens[ex.context])),
-             (n_ctx, examples, lambda ex: context_prediction_item(ex, rng, cfg, tokenizer)))
-    for want, pool, make in plans:
-        got = tries = 0
-        while got < want:
-            tries += 1
-            if tries > 50 * want + 100:
-                raise GrpoAoError(f"ao-sft could not draw {want} items from data.source={cfg.data.source!r}: its "
-                                  "contexts are too short for data.min_positions / ao_sft.context_prediction_tokens.")
-            item = make(rng.choice(pool))
-            if item is not None:
-                items.append(item)
-                got += 1
-    rng.shuffle(items)
-    return items
+    """Step 1: `n` training items in the shares of `cfg.ao_sft` (`ao_tasks.draw_items`)."""
+    return ao_tasks.draw_items(examples, tokenizer, n, seed, data=cfg.data, ao=cfg.ao_sft,
+                               context_prediction=context_prediction)
+
+
+def split_contexts(cfg: RunConfig) -> tuple[list[Example], list[Example]]:
+    """Step 1: (training, held-out) examples, disjoint by context text."""
+    examples = load_examples(cfg.data)
+    if cfg.ao_sft.heldout_source is not None:
+        held = load_examples(replace(cfg.data, source=cfg.ao_sft.heldout_source, max_examples=None))
+        texts = {ex.context for ex in held}
+        train = [ex for ex in examples if ex.context not in texts]
+    else:
+        train, held = split_examples(examples, cfg.ao_sft.heldout_contexts, cfg.seed)
+    if not train or not held:
+        raise GrpoAoError(f"ao-sft's held-out split (ao_sft.heldout_source={cfg.ao_sft.heldout_source!r}, "
+                          f"ao_sft.heldout_contexts={cfg.ao_sft.heldout_contexts}) leaves {len(train)} training and "
+                          f"{len(held)} held-out contexts; both need at least one.")
+    return train, held
 
 
 def cache_key(cfg: RunConfig, kind: str, items: list[AoItem], tokenizer: Any) -> str:
@@ -172,29 +102,33 @@ def cache_key(cfg: RunConfig, kind: str, items: list[AoItem], tokenizer: Any) ->
 
 def with_activations(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoItem],
                      cache_dir: Path) -> list[torch.Tensor]:
-    """Step 2: subject activations [K, hidden] per item (adapter off), cached as safetensors."""
+    """Step 2: subject activations [K, hidden] per item (adapter off), cached as safetensors: the k tokens
+    ending `offset` tokens before the end. One read per (text, layer), of its largest k + offset last tokens;
+    each item's window is a slice of it (causal attention: a position never sees the tokens after it)."""
     path = cache_dir / "activations.safetensors"
     if path.exists():
         acts = load_file(str(path))
         return [acts[f"v{i}"] for i in range(len(items))]
     layers = subject_layers(model, items)
-    bar = progress_bar(len(items), "ao-sft activations", cfg.logging.progress)
-    vectors = [v.float() for v in extract_in_batches(model, tokenizer, [it.text for it in items], layers,
-                                                     [it.k for it in items], cfg.data.context_format,
-                                                     EXTRACT_BATCH, bar.update)]
+    width: dict[tuple[str, int], int] = {}
+    for it, layer in zip(items, layers, strict=True):
+        width[(it.text, layer)] = max(width.get((it.text, layer), 0), it.k + it.offset)
+    reads = list(width)
+    bar = progress_bar(len(reads), "ao-sft activations", cfg.logging.progress)
+    read = dict(zip(reads, extract_in_batches(model, tokenizer, [t for t, _ in reads], [layer for _, layer in reads],
+                                              [width[r] for r in reads], cfg.data.context_format, EXTRACT_BATCH,
+                                              bar.update), strict=True))
+    vectors = []
+    for it, layer in zip(items, layers, strict=True):
+        v = read[(it.text, layer)]  # [width, hidden], ending at the text's last token
+        end = v.shape[0] - it.offset
+        vectors.append(v[end - it.k:end].float().clone())  # [k, hidden]
     bar.close()
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_file({f"v{i}": v.contiguous() for i, v in enumerate(vectors)}, str(path) + ".tmp")
     (cache_dir / "items.jsonl").write_text("".join(json.dumps(asdict(it)) + "\n" for it in items))
     Path(str(path) + ".tmp").replace(path)
     return vectors
-
-
-def prompt_for(tokenizer: Any, model: Any, item: AoItem, layer_percent: int | None = None, k: int | None = None):
-    """The base-oracle prompt for `item`, optionally for another item's layer and K: rendered here (the
-    activations are cached), in the layout of `oracle_spec(cfg).without_system_prompt()`, as generation uses."""
-    layer = layer_for_percent(num_layers(model), item.layer_percent if layer_percent is None else layer_percent)
-    return render_oracle_prompt(tokenizer, item.question, layer, item.k if k is None else k, None, mode="none")
 
 
 def teacher_forcing_batch(tokenizer: Any, model: Any, items: list[AoItem], vectors: list[torch.Tensor],
@@ -209,55 +143,140 @@ def teacher_forcing_batch(tokenizer: Any, model: Any, items: list[AoItem], vecto
                                     [it.target for it in items], tokenizer.pad_token_id)
 
 
-def heldout_accuracy(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoItem], vectors: list[torch.Tensor],
-                     donors: list[int] | None = None) -> dict[str, Any]:
-    """Greedy answers graded by `grade`; with `donors`, item i reads item donors[i]'s activations (control).
-    Each rank answers its share of the items; the answers are gathered in item order on every rank.
-
-    Returns accuracy over all items and over yes/no items, and the answers."""
-    sampling = SamplingConfig(num_generations=1, max_new_tokens=cfg.ao_sft.max_answer_tokens, greedy=True)
-    spec = oracle_spec(cfg).without_system_prompt()  # base-oracle layout, as `prompt_for` renders
-    mine = shard(range(len(items)), place().rank, place().world_size)
-    answers: list[str] = []
-    for s in range(0, len(mine), cfg.eval.batch_size):
-        idx = mine[s:s + cfg.eval.batch_size]
-        src = idx if donors is None else [donors[i] for i in idx]  # whose activations each row reads
-        prompts = [prompt_for(tokenizer, model, items[i], items[j].layer_percent, items[j].k) for i, j in zip(idx, src)]
-        prompt_ids, prompt_mask, positions = left_pad(prompts, tokenizer.pad_token_id)
-        layers = subject_layers(model, [items[j] for j in src])
-        inputs = OracleInputs(prompt_ids, prompt_mask, positions, [vectors[j] for j in src], layers)
-        rollouts = generate_rollouts(model, tokenizer, inputs, sampling, spec=spec)
-        answers += [t.strip() for t in rollouts.texts]
-    answers = unshard(gather_objects(answers))
-    correct = [grade(it.question, it.reference, a).correct is True for it, a in zip(items, answers, strict=True)]
-    yes_no = [c for it, c in zip(items, correct) if it.kind == "yes_no"]
-    return {"accuracy": sum(correct) / len(correct), "accuracy_yes_no": sum(yes_no) / len(yes_no) if yes_no else None,
-            "n": len(items), "n_yes_no": len(yes_no), "answers": answers}
+def heldout_check(cfg: RunConfig, model: Any, tokenizer: Any, held: dict[str, Any]) -> dict[str, Any]:
+    """Steps 3 and 5: greedy answers, real / shuffled / counterfactual, each with its `accuracy_report`."""
+    items, vectors = held["items"], held["vectors"]
+    args = (oracle_spec(cfg).without_system_prompt(), cfg.ao_sft.max_answer_tokens, cfg.eval.batch_size)
+    donors = held["shuffled"]
+    cf = [i for i, c in enumerate(held["cf_items"]) if c is not None]
+    answers = {"real": ao_heldout.greedy_answers(model, tokenizer, items, vectors, *args),
+               "shuffled": ao_heldout.greedy_answers(model, tokenizer, items, [vectors[j] for j in donors], *args,
+                                                     layouts=[items[j] for j in donors]),
+               "counterfactual": [None] * len(items)}
+    for i, a in zip(cf, ao_heldout.greedy_answers(model, tokenizer, [items[i] for i in cf],
+                                                  [held["cf_vectors"][i] for i in cf], *args), strict=True):
+        answers["counterfactual"][i] = a
+    return {c: {**ao_heldout.accuracy_report(items, answers[c]), "answers": answers[c]} for c in CONTROLS}
 
 
-def evaluate_heldout(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoItem],
-                     vectors: list[torch.Tensor]) -> dict[str, Any]:
-    """Steps 3 and 5: real and shuffled held-out accuracy."""
-    real = heldout_accuracy(cfg, model, tokenizer, items, vectors)
-    shuffled = heldout_accuracy(cfg, model, tokenizer, items, vectors, controls.shuffled_donors([it.text for it in items], [it.reference for it in items],
-                                                              [(it.layer_percent, it.k) for it in items], cfg.seed))
-    return {"real": real, "shuffled": shuffled}
+def prepare_heldout(cfg: RunConfig, tokenizer: Any, held_ex: list[Example], all_ex: list[Example],
+                    extract: Any) -> dict[str, Any]:
+    """Steps 1-2 for the held-out side: items, their vectors, the shuffled donors, the counterfactual items
+    (donor context at the item's own layer and K) and their vectors, the open questions' candidate answers.
+    `extract(items, name)` -> their vectors (`with_activations` into a cache folder `name`)."""
+    items = ao_tasks.heldout_items(held_ex, tokenizer, cfg.ao_sft.heldout_examples, cfg.seed + 1, data=cfg.data)
+    cf_items = ao_tasks.counterfactual_items(items, tokenizer, cfg.seed)
+    present = [c for c in cf_items if c is not None]
+    vectors = extract(items, "heldout")
+    got = iter(extract(present, "counterfactual") if present else [])
+    shuffled = controls.shuffled_donors([it.text for it in items], [it.reference for it in items],
+                                        [(it.layer_percent, it.k) for it in items], cfg.seed)
+    return {"items": items, "vectors": vectors, "shuffled": shuffled, "cf_items": cf_items,
+            "cf_vectors": [None if c is None else next(got) for c in cf_items],
+            "candidates": ao_tasks.answer_candidates(all_ex)}
+
+
+def curve_point(cfg: RunConfig, model: Any, tokenizer: Any, held: dict[str, Any], step: int) -> list[dict[str, Any]]:
+    """The cheap check at `step` (`ao_heldout.score_candidates`): rows for real and counterfactual."""
+    spec = oracle_spec(cfg).without_system_prompt()
+    rows = []
+    for control, items, vectors in (("real", held["items"], held["vectors"]),
+                                    ("counterfactual", held["cf_items"], held["cf_vectors"])):
+        idx = [i for i, it in enumerate(items) if it is not None]
+        scored = ao_heldout.score_candidates(model, tokenizer, [items[i] for i in idx], [vectors[i] for i in idx],
+                                             held["candidates"], spec, cfg.eval.batch_size)
+        scores: list[dict[str, float] | None] = [None] * len(items)
+        for i, sc in zip(idx, scored, strict=True):
+            scores[i] = sc
+        rows += ao_heldout.curve_rows(step, control, items, scores)
+    return rows
+
+
+def curve_metrics(summary: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The metrics of one curve point (`ao_heldout.curve_summary`): yes/no and open, real and counterfactual,
+    and per family for the families `metrics.CURVE_FAMILIES` names."""
+    out = {}
+    for control in ("real", "counterfactual"):
+        part = summary.get(control, {})
+        for kind in ("yes_no", "open"):
+            if kind in part:
+                out[M.ao_curve_key(kind, control)] = part[kind]
+        for fam in M.CURVE_FAMILIES:
+            if f"family:{fam}" in part:
+                out[M.ao_curve_family_key(fam, control)] = part[f"family:{fam}"]
+    return out
+
+
+def _postfix(summary: dict[str, dict[str, float]]) -> str:
+    real, cf = summary.get("real", {}), summary.get("counterfactual", {})
+    return " ".join(f"{k[:2]} {real[k]:.2f}/{cf.get(k, float('nan')):.2f}" for k in ("yes_no", "open") if k in real)
 
 
 def _line(label: str, result: dict[str, Any]) -> str:
-    real, shuffled = result["real"], result["shuffled"]
-    yn = (f"; yes/no {real['accuracy_yes_no']:.3f} (shuffled {shuffled['accuracy_yes_no']:.3f})"
-          if real["accuracy_yes_no"] is not None else "")
-    return (f"AO held-out accuracy {label}: {real['accuracy']:.3f} (shuffled {shuffled['accuracy']:.3f}), "
-            f"{real['n']} items{yn}")
+    parts = []
+    for c in CONTROLS:
+        r = result[c]
+        yn = "" if r["accuracy_yes_no"] is None else f", yes/no {r['accuracy_yes_no']:.3f}"
+        acc = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        parts.append(f"{c} {acc}{yn} ({r['n']} items)")
+    families = ", ".join(f"{f} {v:.2f}/{result['counterfactual']['per_family'].get(f, float('nan')):.2f}"
+                         for f, v in result["real"]["per_family"].items())
+    return f"AO held-out accuracy {label}: " + "; ".join(parts) + f"\n  per family (real/counterfactual): {families}"
 
 
 def _public(result: dict[str, Any]) -> dict[str, Any]:
     return {kind: {k: v for k, v in r.items() if k != "answers"} for kind, r in result.items()}
 
 
+def _write_curve(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """heldout_curve.jsonl (every scored row) and ao_learning_curve.png (rank 0)."""
+    if not place().is_main:
+        return
+    from grpo_ao.plots import ao_learning_curve
+
+    (run_dir / "heldout_curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    steps = sorted({r["step"] for r in rows})
+    points = {s: ao_heldout.curve_summary([r for r in rows if r["step"] == s]) for s in steps}
+    ao_learning_curve(points, "AO pretraining: held-out, real vs counterfactual", run_dir / "ao_learning_curve.png")
+
+
+def train_steps(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoItem], vectors: list[torch.Tensor],
+                optimizer: Any, scheduler: Any, *, start: int, total: int, run_dir: Path, sinks: Any,
+                on_curve: Any, trainer_state: dict[str, Any]) -> None:
+    """Step 4: steps start+1..total over `items` (epochs in seeded orders); `on_curve(step)` -> the cheap
+    check's summary every `ao_sft.eval_every` steps; checkpoints every `logging.checkpoint_every` steps."""
+    steps_per_epoch = -(-len(items) // cfg.ao_sft.batch_size)
+    order_rng = random.Random(cfg.seed)
+    orders = [order_rng.sample(range(len(items)), len(items)) for _ in range(-(-total // steps_per_epoch))]
+    bar = progress_bar(total, "ao-sft", cfg.logging.progress, initial=start)
+    spec = oracle_spec(cfg).without_system_prompt()
+    curve = ""
+    model.train()
+    for step in range(start + 1, total + 1):
+        epoch, s = divmod(step - 1, steps_per_epoch)
+        idx = orders[epoch][s * cfg.ao_sft.batch_size:(s + 1) * cfg.ao_sft.batch_size]
+        idx = shard(idx, place().rank, place().world_size)  # this rank's share of the step's batch
+        batch = teacher_forcing_batch(tokenizer, model, [items[i] for i in idx], [vectors[i] for i in idx],
+                                      cfg.ao_sft.max_answer_tokens) if idx else None
+        loss, grad_norm, lr = teacher_forced_step(model, batch, spec, optimizer, scheduler, cfg.ao_sft.max_grad_norm)
+        logged = {M.AO_SFT_LOSS: loss, M.OPTIM_GRAD_NORM: grad_norm, M.OPTIM_LR: lr}
+        if cfg.ao_sft.eval_every and step % cfg.ao_sft.eval_every == 0 and step != total:
+            summary = on_curve(step)
+            logged.update(curve_metrics(summary))
+            curve = _postfix(summary)
+            model.train()
+        sinks.log(logged, step)
+        bar.set_postfix_str(f"loss {loss:.3f}" + (f" | real/cf {curve}" if curve else ""))
+        bar.update(1)
+        if step % cfg.logging.checkpoint_every == 0 or step == total:
+            save_checkpoint(run_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                            trainer_state={**trainer_state, "step": step}, keep_last=cfg.logging.keep_last)
+    bar.close()
+    model.eval()
+
+
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Draw items, cache activations, train, and report held-out accuracy (real and shuffled) before → after."""
+    """Draw items, cache activations, train, and report held-out accuracy (real and both controls) before → after."""
     t0 = time.perf_counter()
     require_divisible(cfg.ao_sft.batch_size, "ao_sft.batch_size", "use a multiple of the number of processes.")
     run_dir = start_run(cfg, "ao_sft")
@@ -266,17 +285,13 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg, fresh=True, gradient_checkpointing=cfg.ao_sft.gradient_checkpointing,
                                    layout=written_layout(cfg, "ao_sft", oracle_spec(cfg).without_system_prompt()))
-    train_ex, held_ex = split_examples(load_examples(cfg.data), cfg.ao_sft.heldout_contexts, cfg.seed)  # 1.
-    if not train_ex or not held_ex:
-        raise GrpoAoError(f"ao_sft.heldout_contexts={cfg.ao_sft.heldout_contexts} leaves {len(train_ex)} training and "
-                          f"{len(held_ex)} held-out contexts; both need at least one.")
+    train_ex, held_ex = split_contexts(cfg)  # 1.
     items = draw_items(cfg, train_ex, tokenizer, cfg.ao_sft.num_examples, cfg.seed, context_prediction=True)
-    held = draw_items(cfg, held_ex, tokenizer, cfg.ao_sft.heldout_examples, cfg.seed + 1, context_prediction=False)
     with main_first():  # rank 0 writes the caches, the others read them
         vectors = with_activations(cfg, model, tokenizer, items,
                                    run_dir / "ao_cache" / cache_key(cfg, "train", items, tokenizer))  # 2.
-        held_vectors = with_activations(cfg, model, tokenizer, held,
-                                        run_dir / "ao_cache" / cache_key(cfg, "heldout", held, tokenizer))
+        held = prepare_heldout(cfg, tokenizer, held_ex, train_ex + held_ex, lambda its, name: with_activations(
+            cfg, model, tokenizer, its, run_dir / "ao_cache" / cache_key(cfg, name, its, tokenizer)))
     steps_per_epoch = -(-len(items) // cfg.ao_sft.batch_size)
     total = steps_per_epoch * cfg.ao_sft.epochs
     optimizer, scheduler = optimizer_and_scheduler(model, cfg.ao_sft.lr, 0.0, cfg.ao_sft.warmup_for(total),
@@ -287,43 +302,40 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
         start, before = int(state["step"]), state.get("before")
         print0(f"Resuming AO pretraining from {ckpt} (step {start}).")
-    if before is None:
-        before = _public(evaluate_heldout(cfg, model, tokenizer, held, held_vectors))  # 3.
-    print0(_line("before", before))
+    curve_file = run_dir / "heldout_curve.jsonl"
+    rows = [r for r in map(json.loads, curve_file.read_text().splitlines()) if r["step"] <= start] \
+        if resume and curve_file.exists() else []
     sinks = run_sinks(cfg, run_dir)
-    order_rng = random.Random(cfg.seed)
-    orders = [order_rng.sample(range(len(items)), len(items)) for _ in range(cfg.ao_sft.epochs)]
-    bar = progress_bar(total, "ao-sft", cfg.logging.progress, initial=start)
-    spec = oracle_spec(cfg).without_system_prompt()
-    model.train()
-    for step in range(start + 1, total + 1):  # 4.
-        epoch, s = divmod(step - 1, steps_per_epoch)
-        idx = orders[epoch][s * cfg.ao_sft.batch_size:(s + 1) * cfg.ao_sft.batch_size]
-        idx = shard(idx, place().rank, place().world_size)  # this rank's share of the step's batch
-        batch = teacher_forcing_batch(tokenizer, model, [items[i] for i in idx], [vectors[i] for i in idx],
-                                      cfg.ao_sft.max_answer_tokens) if idx else None
-        loss, grad_norm, lr = teacher_forced_step(model, batch, spec, optimizer, scheduler, cfg.ao_sft.max_grad_norm)
-        sinks.log({M.AO_SFT_LOSS: loss, M.OPTIM_GRAD_NORM: grad_norm, M.OPTIM_LR: lr}, step)
-        bar.set_postfix(loss=f"{loss:.3f}")
-        bar.update(1)
-        if step % cfg.logging.checkpoint_every == 0 or step == total:
-            save_checkpoint(run_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
-                            trainer_state={"step": step, "before": before}, keep_last=cfg.logging.keep_last)
-    bar.close()
-    model.eval()
-    after = evaluate_heldout(cfg, model, tokenizer, held, held_vectors)  # 5.
+
+    def on_curve(step: int) -> dict[str, dict[str, float]]:
+        rows.extend(point := curve_point(cfg, model, tokenizer, held, step))
+        _write_curve(run_dir, rows)
+        return ao_heldout.curve_summary(point)
+
+    if before is None:
+        before = _public(heldout_check(cfg, model, tokenizer, held))  # 3.
+        sinks.log(curve_metrics(on_curve(0)), 0)
+    print0(_line("before", before))
+    train_steps(cfg, model, tokenizer, items, vectors, optimizer, scheduler, start=start, total=total,  # 4.
+                run_dir=run_dir, sinks=sinks, on_curve=on_curve, trainer_state={"before": before})
+    after = heldout_check(cfg, model, tokenizer, held)  # 5.
     print0(_line("after", after))
-    sinks.log({M.AO_SFT_HELDOUT_ACCURACY_BEFORE: before["real"]["accuracy"],
+    sinks.log({**curve_metrics(on_curve(total)), M.AO_SFT_HELDOUT_ACCURACY_BEFORE: before["real"]["accuracy"],
                M.AO_SFT_HELDOUT_ACCURACY_AFTER: after["real"]["accuracy"],
-               M.AO_SFT_HELDOUT_SHUFFLED_ACCURACY_AFTER: after["shuffled"]["accuracy"]}, total)
+               M.AO_SFT_HELDOUT_SHUFFLED_ACCURACY_AFTER: after["shuffled"]["accuracy"],
+               M.AO_SFT_HELDOUT_COUNTERFACTUAL_ACCURACY_AFTER: after["counterfactual"]["accuracy"]}, total)
     sinks.close()
     if place().is_main:
         (run_dir / "heldout_answers.jsonl").write_text("".join(
-            json.dumps({**asdict(it), "answer": a, "answer_shuffled": b}) + "\n"
-            for it, a, b in zip(held, after["real"]["answers"], after["shuffled"]["answers"], strict=True)))
+            json.dumps({**asdict(it), **{f"answer_{c}" if c != "real" else "answer": after[c]["answers"][i]
+                                         for c in CONTROLS},
+                        "counterfactual_text": None if cf is None else cf.text}) + "\n"
+            for i, (it, cf) in enumerate(zip(held["items"], held["cf_items"], strict=True))))
     final = latest_checkpoint(run_dir)
-    summary = {"before": before, "after": _public(after), "train_items": len(items), "heldout_items": len(held),
-               "train_contexts": len(train_ex), "heldout_contexts": len(held_ex), "steps": total,
+    summary = {"before": before, "after": _public(after), "train_items": len(items),
+               "heldout_items": len(held["items"]), "train_contexts": len(train_ex), "heldout_contexts": len(held_ex),
+               "heldout_source": cfg.ao_sft.heldout_source, "steps": total,
+               "kinds": {k: sum(it.kind == k for it in items) for k in ao_tasks.KINDS},
                "adapter": str(final / "adapter") if final else None, "run_dir": str(run_dir),
                "wall_time_s": round(time.perf_counter() - t0, 1)}
     if place().is_main:

@@ -1,0 +1,223 @@
+"""AO pretraining design experiments on cached SmolLM2 activations: one variable at a time, a table per run.
+
+    python scripts/ao_design.py --steps 200 --variants mix,yes_no_only,shipped
+    python scripts/ao_design.py --list                   # the variants and their overrides
+    python scripts/ao_design.py --probe                  # linear-probe ceilings per family only
+
+The subject's activations are extracted ONCE per (text, layer) for the last 16 tokens (causal: a window of K
+tokens ending m tokens before the end is a slice of them) and cached under --cache; every variant then draws
+its items with the recipe's own `ao_tasks.draw_items`, trains with the recipe's `train_steps` (fresh LoRA,
+cosine schedule over --steps) and is scored with the recipe's cheap check (`curve_point`) every --eval-every
+steps: held-out yes/no (Yes vs No first-token logprob) and open questions (candidate logprob), real vs the
+counterfactual control, per family. Held-out = `--heldout` (default builtin_eval, the set the shipped target
+is measured on), with each context's open label questions added from its labels (the training data's
+wording), so open accuracy is measured on the same clean contexts.
+
+The linear probe (`--probe`): per family, a multinomial logistic regression on the mean of the last 5
+vectors at one layer, trained on the training contexts' labels, accuracy on the held-out contexts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from grpo_ao import ao_heldout, ao_tasks
+from grpo_ao.config import load_config
+from grpo_ao.data import QA, load_examples
+from grpo_ao.metrics import NullSink
+from grpo_ao.models import num_layers
+from grpo_ao.recipes import ao_sft
+from grpo_ao.recipes.setup import load_oracle, optimizer_and_scheduler, seed_everything
+from grpo_ao.steering import extract_in_batches, layer_for_percent
+
+ROOT = Path(__file__).resolve().parents[1]
+WINDOW = 16
+BASE = ["model.adapter=null", "logging.progress=false", "logging.checkpoint_every=100000", "eval.batch_size=32",
+        "ao_sft.context_prediction_frac=0.0", "ao_sft.open_frac=0.5", "ao_sft.yes_no_sampling=balanced",
+        "data.layer_percents=[50]", "ao_sft.heldout_examples=300", "ao_sft.lr=1e-3", "ao_sft.warmup_steps=10"]
+"""Every variant starts from these: 8 open + 8 balanced yes/no per batch of 16, layer 50 %, K 1-5 at the end."""
+VARIANTS: dict[str, list[str]] = {
+    "mix": [],
+    "yes_no_only": ["ao_sft.open_frac=0.0"],
+    "natural_yes_no": ["ao_sft.yes_no_sampling=natural"],
+    "shipped": ["ao_sft.yes_no_sampling=natural", "ao_sft.open_frac=0.45", "ao_sft.context_prediction_frac=0.2",
+                "data.layer_percents=[25,50,75]"],
+    "open_0.25": ["ao_sft.open_frac=0.25"],
+    "ctx_0.2": ["ao_sft.context_prediction_frac=0.2", "ao_sft.open_frac=0.4"],
+    "layers_25_50_75": ["data.layer_percents=[25,50,75]"],
+    "all_linear": ["lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"],
+    "jitter": ["ao_sft.position_jitter=5", "ao_sft.max_positions=10"],
+    "lr_3e-3": ["ao_sft.lr=3e-3"],
+    "lr_3e-4": ["ao_sft.lr=3e-4"],
+}
+
+
+def with_open_questions(held, train):
+    """Each held-out context gets the open label question of each family it has a label for, worded as in the
+    training data (the question whose references are that family's label values)."""
+    wording = {}
+    for ex in train:
+        for qa in ex.qas:
+            if qa.reference is not None and ao_tasks._kind(qa.question, qa.reference) == "open" and qa.family:
+                wording.setdefault(qa.family, qa.question)
+    out = []
+    for ex in held:
+        asked = {qa.question for qa in ex.qas}
+        extra = tuple(QA(wording[f], v, f) for f, v in ex.labels if f in wording and wording[f] not in asked)
+        out.append(replace(ex, qas=ex.qas + extra))
+    return out
+
+
+class SliceCache:
+    """(text, layer) -> the last min(WINDOW, n_tokens) vectors [n, hidden], extracted in batches, kept on disk."""
+
+    def __init__(self, model, tokenizer, context_format: str, path: Path):
+        self.model, self.tokenizer, self.context_format, self.path = model, tokenizer, context_format, path
+        self.store = load_file(str(path)) if path.exists() else {}
+
+    @staticmethod
+    def key(text: str, layer: int) -> str:
+        return hashlib.sha1(f"{layer}\x00{text}".encode()).hexdigest()
+
+    def ensure(self, pairs) -> None:
+        todo = sorted({(t, layer) for t, layer in pairs if self.key(t, layer) not in self.store})
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        ks = [min(WINDOW, ao_tasks.count_tokens(self.tokenizer, t)) for t, _ in todo]
+        vecs = extract_in_batches(self.model, self.tokenizer, [t for t, _ in todo], [layer for _, layer in todo], ks,
+                                  self.context_format, 32)
+        for (t, layer), v in zip(todo, vecs, strict=True):
+            self.store[self.key(t, layer)] = v.float().contiguous()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(self.store, str(self.path))
+        print(f"  extracted {len(todo)} (text, layer) windows in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    def vectors(self, items) -> list[torch.Tensor]:
+        layers = [layer_for_percent(num_layers(self.model), it.layer_percent) for it in items]
+        self.ensure(zip([it.text for it in items], layers))
+        out = []
+        for it, layer in zip(items, layers, strict=True):
+            v = self.store[self.key(it.text, layer)]
+            n = v.shape[0]
+            assert it.k + it.offset <= n, f"window {it.k}+{it.offset} exceeds the {n} cached positions"
+            out.append(v[n - it.k - it.offset:n - it.offset])
+        return out
+
+
+def probe(cache: SliceCache, train, held, percent: int) -> dict[str, float]:
+    """Per family: logistic regression on the mean of the last 5 vectors (layer `percent`), train -> held-out."""
+    layer = layer_for_percent(num_layers(cache.model), percent)
+    cache.ensure([(ex.context, layer) for ex in train + held])
+
+    def x(exs):
+        return torch.stack([cache.store[cache.key(ex.context, layer)][-5:].mean(0) for ex in exs])
+
+    out = {}
+    for fam in sorted({f for ex in held for f, _ in ex.labels}):
+        tr = [ex for ex in train if fam in ex.label_map]
+        te = [ex for ex in held if fam in ex.label_map]
+        classes = sorted({ex.label_map[fam] for ex in tr})
+        if len(classes) < 2 or not te:
+            continue
+        xtr, xte = x(tr), x(te)
+        mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+        ytr = torch.tensor([classes.index(ex.label_map[fam]) for ex in tr])
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(xtr.shape[1], len(classes))
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-3)
+        for _ in range(300):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(lin(xtr), ytr).backward()
+            opt.step()
+        pred = lin(xte).argmax(1).tolist()
+        out[fam] = sum(classes[p] == ex.label_map[fam] for p, ex in zip(pred, te, strict=True)) / len(te)
+    return out
+
+
+def run_variant(name, overrides, args, cache, train, held_ex, tokenizer):
+    """Train one variant for args.steps on cached vectors; rows of the cheap check at each eval step."""
+    cfg = load_config(args.config, [*BASE, *overrides, f"ao_sft.eval_every={args.eval_every}",
+                                  f"ao_sft.num_examples={args.steps * 16}", "ao_sft.epochs=1", "ao_sft.batch_size=16"])
+    seed_everything(cfg.seed)
+    model, _ = load_oracle(cfg)
+    cache.model = model
+    items = ao_sft.draw_items(cfg, train, tokenizer, cfg.ao_sft.num_examples, cfg.seed, context_prediction=True)
+    vectors = cache.vectors(items)
+    held = ao_sft.prepare_heldout(cfg, tokenizer, held_ex, train + held_ex, lambda its, _: cache.vectors(its))
+    optimizer, scheduler = optimizer_and_scheduler(model, cfg.ao_sft.lr, 0.0, cfg.ao_sft.warmup_steps, "cosine",
+                                                   args.steps)
+    points, eval_s = {}, [0.0]
+
+    def on_curve(step):
+        t = time.perf_counter()
+        points[step] = ao_heldout.curve_summary(ao_sft.curve_point(cfg, model, tokenizer, held, step))
+        eval_s[0] += time.perf_counter() - t
+        print(f"  {name} step {step}: {fmt(points[step])}", flush=True)
+        return points[step]
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ao_sft.train_steps(cfg, model, tokenizer, items, vectors, optimizer, scheduler, start=0, total=args.steps,
+                           run_dir=Path(tmp), sinks=NullSink(), on_curve=on_curve, trainer_state={})
+    train_s = time.perf_counter() - t0 - eval_s[0]
+    on_curve(args.steps)
+    return points, train_s / args.steps
+
+
+def fmt(point) -> str:
+    real, cf = point.get("real", {}), point.get("counterfactual", {})
+    return " ".join(f"{g.removeprefix('family:')} {real[g]:.2f}/{cf.get(g, float('nan')):.2f}" for g in sorted(real))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default="mix")
+    p.add_argument("--config", default="smollm2", help="tiny for a smoke test")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--heldout", default="builtin_heldout")
+    p.add_argument("--cache", default=str(ROOT / "runs" / "ao_design" / "slices.safetensors"))
+    p.add_argument("--probe", action="store_true", help="print the probe ceilings and stop")
+    p.add_argument("--list", action="store_true")
+    args = p.parse_args(argv)
+    if args.list:
+        for k, v in VARIANTS.items():
+            print(f"{k}: {' '.join(v) or '(base)'}")
+        print("base:", " ".join(BASE))
+        return 0
+    cfg = load_config(args.config, BASE)
+    model, tokenizer = load_oracle(cfg)
+    train = load_examples(cfg.data)
+    held_ex = with_open_questions(load_examples(replace(cfg.data, source=args.heldout)), train)
+    texts = {ex.context for ex in held_ex}
+    train = [ex for ex in train if ex.context not in texts]
+    cache = SliceCache(model, tokenizer, cfg.data.context_format, Path(args.cache))
+    if args.probe:
+        for percent in (25, 50, 75):
+            print(f"probe layer {percent} %: " + " ".join(f"{f} {a:.2f}" for f, a in probe(cache, train, held_ex,
+                                                                                            percent).items()))
+        return 0
+    rows = []
+    for name in args.variants.split(","):
+        points, s_per_step = run_variant(name, VARIANTS[name], args, cache, train, held_ex, tokenizer)
+        rows.append((name, points, s_per_step))
+    print("\n| variant | steps | s/step | held-out real/counterfactual at each eval step (cheap check) |\n|---|---|---|---|")
+    for name, points, sps in rows:
+        for step, point in sorted(points.items()):
+            print(f"| {name} | {step} | {sps:.2f} | {fmt(point)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
