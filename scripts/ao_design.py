@@ -58,6 +58,7 @@ VARIANTS: dict[str, list[str]] = {
     "jitter": ["ao_sft.position_jitter=5", "ao_sft.max_positions=10"],
     "lr_3e-3": ["ao_sft.lr=3e-3"],
     "lr_3e-4": ["ao_sft.lr=3e-4"],
+    "k5": ["data.min_positions=5"],
 }
 
 

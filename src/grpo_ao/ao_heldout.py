@@ -109,19 +109,28 @@ def curve_rows(step: int, control: str, items: Sequence[AoItem | None], scores: 
 
 def curve_summary(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Accuracy per (control, group) over the rows of ONE step: group = "yes_no", "open" or "family:<name>"
-    (yes/no and open items of the family together).
+    (yes/no and open items of the family together), and "yes_no_balanced": the mean of the yes/no accuracy on
+    items whose reference is Yes and on those whose reference is No (an oracle that always answers the same
+    scores 0.5 however skewed the held-out answers are; the plain yes/no accuracy would give it the majority share).
 
-    >>> curve_summary([{"control": "real", "kind": "yes_no", "family": "topic", "correct": True},
-    ...                {"control": "real", "kind": "yes_no", "family": "topic", "correct": False}])["real"]
-    {'yes_no': 0.5, 'family:topic': 0.5}
+    >>> curve_summary([{"control": "real", "kind": "yes_no", "family": "topic", "correct": True, "reference": "No"},
+    ...                {"control": "real", "kind": "yes_no", "family": "topic", "correct": True, "reference": "No"},
+    ...                {"control": "real", "kind": "yes_no", "family": "topic", "correct": False, "reference": "Yes"}
+    ...                ])["real"]
+    {'yes_no': 0.6666666666666666, 'family:topic': 0.6666666666666666, 'yes_no_balanced': 0.5}
     """
     hits: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    by_reference: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         hits[(r["control"], r["kind"])].append(r["correct"])
         hits[(r["control"], f"family:{r['family']}")].append(r["correct"])
+        if r["kind"] == "yes_no" and r.get("reference") is not None:
+            by_reference[r["control"]][str(r["reference"]).strip().lower()].append(r["correct"])
     out: dict[str, dict[str, float]] = defaultdict(dict)
     for (control, group), h in hits.items():
         out[control][group] = sum(h) / len(h)
+    for control, refs in by_reference.items():
+        out[control]["yes_no_balanced"] = sum(sum(h) / len(h) for h in refs.values()) / len(refs)
     return dict(out)
 
 

@@ -74,11 +74,12 @@ CURVE_FAMILIES = ("topic", "sentiment", "language", "tense", "number", "fact")
 """The built-in data's task families: the learning curve logs a metric per family for these (others are in
 heldout_curve.jsonl and the plot only)."""
 CURVE_CONTROLS = ("real", "counterfactual")
+CURVE_KINDS = ("yes_no", "yes_no_balanced", "open")
 
 
 def ao_curve_key(kind: str, control: str) -> str:
     """The learning-curve metric of yes/no or open items.  >>> ao_curve_key("yes_no", "real") -> 'ao_sft/curve_yes_no_real'"""
-    assert kind in ("yes_no", "open") and control in CURVE_CONTROLS, (kind, control)
+    assert kind in CURVE_KINDS and control in CURVE_CONTROLS, (kind, control)
     return f"ao_sft/curve_{kind}_{control}"
 
 
@@ -117,7 +118,7 @@ AO_SFT_METRICS: tuple[str, ...] = (
     AO_SFT_LOSS, OPTIM_GRAD_NORM, OPTIM_LR,
     AO_SFT_HELDOUT_ACCURACY_BEFORE, AO_SFT_HELDOUT_ACCURACY_AFTER, AO_SFT_HELDOUT_SHUFFLED_ACCURACY_AFTER,
     AO_SFT_HELDOUT_COUNTERFACTUAL_ACCURACY_AFTER,
-    *(ao_curve_key(k, c) for k in ("yes_no", "open") for c in CURVE_CONTROLS),
+    *(ao_curve_key(k, c) for k in CURVE_KINDS for c in CURVE_CONTROLS),
     *(ao_curve_family_key(f, c) for f in CURVE_FAMILIES for c in CURVE_CONTROLS),
 )  # fmt: skip
 """What `grpo-ao ao-sft` logs: loss, gradient norm and lr per step, held-out accuracies once at the end, the

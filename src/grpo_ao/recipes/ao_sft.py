@@ -198,7 +198,7 @@ def curve_metrics(summary: dict[str, dict[str, float]]) -> dict[str, float]:
     out = {}
     for control in ("real", "counterfactual"):
         part = summary.get(control, {})
-        for kind in ("yes_no", "open"):
+        for kind in M.CURVE_KINDS:
             if kind in part:
                 out[M.ao_curve_key(kind, control)] = part[kind]
         for fam in M.CURVE_FAMILIES:
@@ -209,7 +209,8 @@ def curve_metrics(summary: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def _postfix(summary: dict[str, dict[str, float]]) -> str:
     real, cf = summary.get("real", {}), summary.get("counterfactual", {})
-    return " ".join(f"{k[:2]} {real[k]:.2f}/{cf.get(k, float('nan')):.2f}" for k in ("yes_no", "open") if k in real)
+    short = {"yes_no": "yn", "yes_no_balanced": "yn-bal", "open": "op"}
+    return " ".join(f"{short[k]} {real[k]:.2f}/{cf.get(k, float('nan')):.2f}" for k in short if k in real)
 
 
 def _line(label: str, result: dict[str, Any]) -> str:
