@@ -167,7 +167,8 @@ def test_ao_sft_run_trains_writes_an_adapter_and_reports_real_and_both_controls(
     assert logged <= set(M.STAGE_METRICS["ao_sft"])
     curve = [json.loads(line) for line in (tmp_path / "ao" / "heldout_curve.jsonl").read_text().splitlines()]
     scored = {M.ao_curve_key(r["kind"], r["control"]) for r in curve} | {
-        M.ao_curve_family_key(r["family"], r["control"]) for r in curve}
+        M.ao_curve_family_key(r["family"], r["control"]) for r in curve} | {
+        M.ao_curve_key("yes_no_balanced", r["control"]) for r in curve if r["kind"] == "yes_no"}
     assert {"ao_sft/curve_yes_no_real", "ao_sft/curve_yes_no_counterfactual"} <= scored
     every_run = set(M.STAGE_METRICS["ao_sft"]) - {k for k in M.STAGE_METRICS["ao_sft"] if "curve" in k or "family" in k}
     assert logged == every_run | scored
@@ -187,16 +188,22 @@ def test_learning_curve_metrics_are_recomputed_from_the_written_heldout_scores(c
     rows = [json.loads(line) for line in (tmp_path / "ao" / "heldout_curve.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in rows}) == [0, 1, 2, 3]
     hits = defaultdict(list)
+    by_ref = defaultdict(lambda: defaultdict(list))
     for r in rows:
         assert set(r["scores"]) == ({"Yes", "No"} if r["kind"] == "yes_no" else set(r["scores"])) and len(r["scores"]) >= 2
         ok = max(r["scores"], key=r["scores"].get).lower() == r["reference"].lower()
         hits[(r["step"], M.ao_curve_key(r["kind"], r["control"]))].append(ok)
         hits[(r["step"], M.ao_curve_family_key(r["family"], r["control"]))].append(ok)
+        if r["kind"] == "yes_no":
+            by_ref[(r["step"], M.ao_curve_key("yes_no_balanced", r["control"]))][r["reference"].lower()].append(ok)
+    expected = {key: sum(h) / len(h) for key, h in hits.items()}
+    # balanced: the mean over the references (Yes, No) of each reference's accuracy
+    expected |= {key: sum(sum(h) / len(h) for h in refs.values()) / len(refs) for key, refs in by_ref.items()}
     metrics = [json.loads(line) for line in (tmp_path / "ao" / "metrics.jsonl").read_text().splitlines()]
     logged = {(m["step"], k): v for m in metrics for k, v in m.items() if k.startswith(("ao_sft/curve", "ao_sft_family"))}
-    assert logged.keys() == hits.keys()
-    for key, h in hits.items():
-        assert logged[key] == pytest.approx(sum(h) / len(h), abs=1e-12), key
+    assert logged.keys() == expected.keys() and by_ref
+    for key, value in expected.items():
+        assert logged[key] == pytest.approx(value, abs=1e-12), key
 
 
 def test_ao_sft_resume_continues_from_the_checkpoint_to_the_same_adapter(cfg, tmp_path):
