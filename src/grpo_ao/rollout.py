@@ -10,10 +10,12 @@ Steps for a batch of B tasks (see `generate_rollouts`):
   4. keep the sampled ids and a completion mask. A completion cut at max_new_tokens is marked
      truncated and gets no end-of-turn token. Decode the text for parsing and the judge.
 
-`injected_logprobs` recomputes log-probabilities of the sampled ids in batched padded training
-forwards, with the same injection, at the sampling temperature, and keeps the injection hook installed
-until the caller's backward has run inside its `with` block (gradient checkpointing replays the hooked
-block in backward; see `grpo_ao.steering`). `completion_logprobs` is its no-grad form (old and
+`injected_logprobs` recomputes log-probabilities of the sampled ids in batched training forwards, with the
+same injection, at the sampling temperature: each distinct prompt of a micro-batch once, with gradient, and its
+rows' completions on its KV cache (as the sampler shares its prefill); under gradient checkpointing in train mode
+(which drops the cache) one padded forward of prompt + completion per row, the injection hook installed until
+the caller's backward has run inside its `with` block (checkpointing replays the hooked block in backward; see
+`grpo_ao.steering`). `completion_logprobs` is its no-grad form (old and
 reference logprobs, eval). We never re-tokenize decoded text.
 
 How the oracle is prompted and steered travels as one `OracleSpec` (built from the run config by
