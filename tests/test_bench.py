@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from grpo_ao.config import load_config
@@ -84,7 +85,8 @@ def _unpadded(group: Rollouts) -> Rollouts:
                                positions=[[p - pad for p in pos] for pos in group.positions])
 
 
-def test_prototype_update_and_micro_batched_update_give_the_same_gradient(tmp_path):
+@pytest.mark.parametrize("prefix_shared", [True, False])
+def test_prototype_update_and_micro_batched_update_give_the_same_gradient(tmp_path, prefix_shared):
     cfg = load_config("tiny", [f"logging.output_dir={tmp_path}", *SMALL])
     seed_everything(cfg.seed)
     model, tokenizer = load_oracle(cfg)
@@ -97,7 +99,7 @@ def test_prototype_update_and_micro_batched_update_give_the_same_gradient(tmp_pa
     params = trainable_parameters(model)
     frozen = torch.optim.SGD(params, lr=0.0)  # the step must not move the weights between the two passes
 
-    bench.micro_batched_update(model, rollouts, frozen, 3, spec=spec, temperature=1.0)
+    bench.micro_batched_update(model, rollouts, frozen, 3, spec=spec, temperature=1.0, prefix_shared=prefix_shared)
     ours = [p.grad.clone() for p in params]
     # the prototype's groups: each prompt's rows unpadded (as it prompted them), same completions
     groups = [_unpadded(rollouts.select(range(b * 2, b * 2 + 2))) for b in range(2)]

@@ -29,7 +29,7 @@ from grpo_ao.loss import group_advantages
 from grpo_ao.metrics import ALL_METRICS, read_metrics
 from grpo_ao.recipes import grpo
 from grpo_ao.recipes.setup import load_oracle, oracle_spec, task_sampler, trainable_parameters
-from grpo_ao.rollout import build_oracle_inputs
+from grpo_ao.rollout import build_oracle_inputs, group_micro_batches
 
 GRPO_AO = Path(sys.executable).with_name("grpo-ao")
 
@@ -306,7 +306,7 @@ def test_update_ignores_a_rollout_masked_for_judge_failure(setup):
 
 def test_update_is_invariant_to_permuting_rollouts_within_a_group(setup):
     cfg, model, _, chunk = setup
-    cfg = _with(cfg, micro_batch_size=3)  # micro-batches cut across groups, so their members change too
+    cfg = _with(cfg, micro_batch_size=3)  # G = 4 > 3: each group is cut in two, so the pieces' members change too
     rewards = torch.rand(16, generator=torch.Generator().manual_seed(2))
     g_ref, loss_ref, _ = _grads(cfg, model, [_chunk(chunk, rewards)])
     perm = torch.tensor([2, 0, 3, 1, 4, 5, 6, 7, 11, 8, 10, 9, 12, 13, 14, 15])  # within groups 0 and 2
@@ -431,11 +431,11 @@ def test_judge_failures_are_masked_counted_and_excluded_from_the_loss(sft_adapte
     start = _adapter(sft_adapter)
     after_1 = _adapter(cfg.run_dir / "checkpoints" / "step-000001" / "adapter")
     assert all(torch.equal(start[k], after_1[k]) for k in start), "a step without reward spread must not move"
-    valid_1 = sum(c["confidence"] is None for c in samples[1])
-    valid_2 = sum(1 for i, c in enumerate(samples[2]) if not (i % 2 == 1 and c["confidence"] is not None))
+    valid_1 = [i for i, c in enumerate(samples[1]) if c["confidence"] is None]
+    valid_2 = [i for i, c in enumerate(samples[2]) if not (i % 2 == 1 and c["confidence"] is not None)]
 
-    def micro(n):  # micro-batches of 5 over the valid rollouts only
-        return [5] * (n // 5) + ([n % 5] if n % 5 else [])
+    def micro(rows):  # micro-batches of at most 5 over the valid rollouts only, each prompt's (G = 4) rows together
+        return [len(mb) for mb in group_micro_batches(rows, 4, 5)]
 
     assert rows_in_loss == micro(valid_1) + micro(valid_2)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR_PYTHON = ROOT / ".venv-floor" / "bin" / "python"
-MODEL_TESTS = ["tests/test_steering.py", "tests/test_rollout.py", "tests/test_loss.py", "tests/test_checkpointing.py"]
+MODEL_TESTS = ["tests/test_steering.py", "tests/test_rollout.py", "tests/test_loss.py", "tests/test_checkpointing.py",
+               "tests/test_prefix_shared.py"]
 
 
 def transformers_floor() -> str:
@@ -32,7 +33,7 @@ def test_floor_environment_has_the_floor_transformers_and_the_main_torch():
 
 
 def test_model_tests_pass_on_the_transformers_floor():
-    assert all((ROOT / t).exists() for t in MODEL_TESTS) and len(MODEL_TESTS) == 4
+    assert all((ROOT / t).exists() for t in MODEL_TESTS) and len(MODEL_TESTS) == 5
     done = subprocess.run([str(FLOOR_PYTHON), "-m", "pytest", *MODEL_TESTS, "-p", "no:cacheprovider"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""

@@ -112,6 +112,10 @@ class GrpoConfig:
     """Updates per rollout batch; > 1 needs the old-logprob pass and the clipped ratio."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (works with the injection hook)."""
+    prefix_shared_forward: bool = True
+    """The training, old-policy and reference forwards run each prompt once (with its injection) and its G
+    completions on its KV cache: B·P + N·T tokens instead of N·(P+T), the same logprobs and gradients. Inactive
+    in train mode while gradient_checkpointing is on (transformers drops the KV cache then; logged once)."""
     max_judge_outage_steps: int = 3
     """Stop with an error after this many consecutive steps in which every judge call failed (0 = never)."""
     advantage_routing: str = "sequence"

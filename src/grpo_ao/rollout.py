@@ -10,10 +10,12 @@ Steps for a batch of B tasks (see `generate_rollouts`):
   4. keep the sampled ids and a completion mask. A completion cut at max_new_tokens is marked
      truncated and gets no end-of-turn token. Decode the text for parsing and the judge.
 
-`injected_logprobs` recomputes log-probabilities of the sampled ids in batched padded training
-forwards, with the same injection, at the sampling temperature, and keeps the injection hook installed
-until the caller's backward has run inside its `with` block (gradient checkpointing replays the hooked
-block in backward; see `grpo_ao.steering`). `completion_logprobs` is its no-grad form (old and
+`injected_logprobs` recomputes log-probabilities of the sampled ids in batched training forwards, with the
+same injection, at the sampling temperature: each distinct prompt of a micro-batch once, with gradient, and its
+rows' completions on its KV cache (as the sampler shares its prefill); under gradient checkpointing in train mode
+(which drops the cache) one padded forward of prompt + completion per row, the injection hook installed until
+the caller's backward has run inside its `with` block (checkpointing replays the hooked block in backward; see
+`grpo_ao.steering`). `completion_logprobs` is its no-grad form (old and
 reference logprobs, eval). We never re-tokenize decoded text.
 
 How the oracle is prompted and steered travels as one `OracleSpec` (built from the run config by
@@ -24,7 +26,10 @@ nothing can shadow the config's values.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
+import itertools
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,9 +38,10 @@ import torch
 
 from grpo_ao.errors import require
 from grpo_ao.format import left_pad, render_oracle_prompt
-from grpo_ao.models import num_layers
+from grpo_ao.models import decoder_layers, num_layers
 from grpo_ao.steering import extract_activations, inject, layer_for_percent
 
+logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -316,27 +322,141 @@ def answer_in_batches(model: Any, tokenizer: Any, tasks: Sequence[Any], sampling
         yield chunk, inputs, generate_rollouts(model, tokenizer, inputs, sampling, spec=spec)
 
 
+@dataclass(frozen=True)
+class PromptGroups:
+    """The distinct prompts of a batch: consecutive rows with the same prompt ids, mask, placeholders and vectors."""
+
+    first: list[int]  # B' rows, the first row of each distinct prompt
+    inverse: torch.Tensor  # [n] long: row i's prompt is `first[inverse[i]]`
+
+    @property
+    def shared(self) -> bool:
+        """Some prompt has more than one row (so a shared prefix saves work)."""
+        return len(self.first) < len(self.inverse)
+
+
+def prompt_groups(rollouts: Rollouts) -> PromptGroups:
+    """Group consecutive rows of `rollouts` that read the same prompt with the same injection."""
+    first, inverse = [], []
+    for i in range(len(rollouts.positions)):
+        j = first[-1] if first else -1
+        same = j >= 0 and rollouts.positions[i] == rollouts.positions[j] and (
+            rollouts.vectors[i] is rollouts.vectors[j] or torch.equal(rollouts.vectors[i], rollouts.vectors[j])
+        ) and torch.equal(rollouts.prompt_ids[i], rollouts.prompt_ids[j]) and torch.equal(
+            rollouts.prompt_mask[i], rollouts.prompt_mask[j])
+        if not same:
+            first.append(i)
+        inverse.append(len(first) - 1)
+    return PromptGroups(first, torch.tensor(inverse, dtype=torch.long))
+
+
+def group_micro_batches(rows: Sequence[int], num_generations: int, size: int) -> list[list[int]]:
+    """`rows` (ascending indices of rollouts whose row i belongs to prompt i // G) in micro-batches of at most `size`
+    rows, each prompt's rows in one micro-batch; a prompt with more than `size` rows is cut into pieces of `size`.
+
+    >>> group_micro_batches([0, 1, 2, 4, 5, 6, 7], num_generations=4, size=4)
+    [[0, 1, 2], [4, 5, 6, 7]]
+    """
+    batches, current = [], []
+    for _, group in itertools.groupby(rows, key=lambda i: i // num_generations):
+        group = list(group)
+        if current and len(current) + len(group) > size:
+            batches.append(current)
+            current = []
+        while len(group) > size:  # current is empty here
+            batches.append(group[:size])
+            group = group[size:]
+        current += group
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _checkpointing_drops_cache(model: Any) -> bool:
+    """Gradient checkpointing makes the decoder layers drop the KV cache: in train mode (transformers 5.23+ only
+    with grad enabled, 5.0–5.22 without as well; both count here)."""
+    return model.training and any(getattr(layer, "gradient_checkpointing", False) for layer in decoder_layers(model))
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
+def _prefix_shared_logprobs(model: Any, rollouts: Rollouts, groups: PromptGroups, temperature: float, *,
+                            spec: OracleSpec) -> torch.Tensor:
+    """The training forward with each distinct prompt computed once: B' prompt rows, then n completion rows.
+
+      1. the B' distinct prompts [B', P], injected, with gradient: their KV cache and the logits of the last
+         prompt token (which predict completion token 0);
+      2. the cache indexed to the n rows (`inverse`): index_select, whose backward sums the n rows' gradients
+         into their prompt's keys and values;
+      3. completion tokens 0..T-2 [n, T-1] on that cache, hook removed (it acts on prompt positions only),
+         attention mask = prompt mask ++ completion mask, position ids as the one-forward path derives them.
+    Tokens: B'·P + n·(T-1) instead of n·(P+T).  -> logprobs [n, T]
+    """
+    from grpo_ao.loss import token_logprobs
+
+    device = next(model.parameters()).device
+    kw = _cache_kwarg(model)
+    first, inverse = torch.tensor(groups.first), groups.inverse.to(device)
+    p, t = rollouts.prompt_ids.shape[1], rollouts.completion_ids.shape[1]
+    prompt_ids = rollouts.prompt_ids[first].to(device)  # [B', P]
+    prompt_mask = rollouts.prompt_mask[first].to(device)  # [B', P]
+    completion_ids = rollouts.completion_ids.to(device)  # [n, T]
+    with inject(model, [rollouts.vectors[i] for i in groups.first], [rollouts.positions[i] for i in groups.first],
+                spec.injection_layer, spec.coef):  # 1.
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
+                    position_ids=(prompt_mask.cumsum(dim=1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+    head = token_logprobs(out.logits[inverse], completion_ids[:, :1], temperature)  # [n, 1]
+    if t == 1:
+        return head
+    cache = getattr(out, kw)
+    cache.batch_select_indices(inverse)  # 2. B' rows -> n rows
+    mask = torch.cat([prompt_mask[inverse], rollouts.completion_mask.to(device)], dim=1)  # [n, P+T]
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, p:-1]  # [n, T-1]
+    logits = model(input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids,
+                   use_cache=True, **{kw: cache}).logits  # 3. [n, T-1, V]
+    assert cache.get_seq_length() == p + t - 1, "the completion forward did not read the prompt's KV cache"
+    return torch.cat([head, token_logprobs(logits, completion_ids[:, 1:], temperature)], dim=1)  # [n, T]
+
+
 @contextlib.contextmanager
-def injected_logprobs(model: Any, rollouts: Rollouts, temperature: float, *,
-                      spec: OracleSpec) -> Iterator[torch.Tensor]:
-    """log π(sampled id) at the sampling temperature, one padded forward with the same injection,
-    yielded while the injection hook is still installed. Run the backward inside the block:
+def injected_logprobs(model: Any, rollouts: Rollouts, temperature: float, *, spec: OracleSpec,
+                      prefix_shared: bool = True) -> Iterator[torch.Tensor]:
+    """log π(sampled id) at the sampling temperature with the same injection, yielded while the injection hook
+    is still installed. Run the backward inside the block:
 
         with injected_logprobs(model, mb, temperature, spec=spec) as logprobs:  # [n, T]
             loss, st = policy_loss(logprobs, ...)
             loss.backward()
+
+    Two forms, equal logprobs and gradients (tests/test_prefix_shared.py):
+      - prefix-shared (`prefix_shared`, when consecutive rows share a prompt: `prompt_groups`): each distinct
+        prompt runs once with the injection and its KV cache serves all of its rows (`_prefix_shared_logprobs`);
+      - one padded forward of prompt + completion per row, the injection hook installed until the block ends.
+    Gradient checkpointing drops the KV cache in train mode, so the one-forward form runs then (logged once).
 
     Args:
         model: the oracle (adapter on; train mode for a loss, eval mode for fixed logprobs).
         rollouts: n rows, prompt [n, P] and completion [n, T] ids with their masks.
         temperature: the sampling temperature; logits are divided by it.
         spec: the oracle spec; only `injection_layer` (block steered at the placeholders) and `coef` are used.
+        prefix_shared: allow the prefix-shared form (the GRPO recipe passes `grpo.prefix_shared_forward`).
 
     Yields:
         logprobs [n, T]; entries outside the completion mask are meaningless (mask them).
     """
     from grpo_ao.loss import token_logprobs
 
+    groups = prompt_groups(rollouts) if prefix_shared else None
+    if groups is not None and groups.shared and _checkpointing_drops_cache(model):
+        _warn_once("gradient checkpointing drops the KV cache in train mode: the training forward runs prompt + "
+                   "completion for every rollout (grpo.prefix_shared_forward has no effect while it is on)")
+        groups = None
+    if groups is not None and groups.shared:
+        yield _prefix_shared_logprobs(model, rollouts, groups, temperature, spec=spec)  # [n, T]
+        return
     device = next(model.parameters()).device
     ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1).to(device)  # [n, P+T]
     mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1).to(device)  # [n, P+T]
@@ -350,10 +470,12 @@ def injected_logprobs(model: Any, rollouts: Rollouts, temperature: float, *,
         yield token_logprobs(logits[:, :-1], rollouts.completion_ids.to(device), temperature)  # [n, T]
 
 
-def completion_logprobs(model: Any, rollouts: Rollouts, temperature: float, *, spec: OracleSpec) -> torch.Tensor:
+def completion_logprobs(model: Any, rollouts: Rollouts, temperature: float, *, spec: OracleSpec,
+                        prefix_shared: bool = True) -> torch.Tensor:
     """`injected_logprobs` without gradient (old/reference logprobs, eval): [n, T], masked entries meaningless.
 
     Always no-grad: a loss needs its backward under the hook, so it uses `injected_logprobs`.
     """
-    with torch.no_grad(), injected_logprobs(model, rollouts, temperature, spec=spec) as logprobs:
+    with torch.no_grad(), injected_logprobs(model, rollouts, temperature, spec=spec,
+                                            prefix_shared=prefix_shared) as logprobs:
         return logprobs  # [n, T]

@@ -54,6 +54,7 @@ from grpo_ao.rollout import (
     build_oracle_inputs,
     completion_mask_for,
     end_of_turn_ids,
+    group_micro_batches,
     injected_logprobs,
     oracle_inputs,
     subject_layers,
@@ -119,14 +120,15 @@ def prototype_update(model: Any, groups: list[Rollouts], optimizer: Any, *, spec
 
 
 def micro_batched_update(model: Any, rollouts: Rollouts, optimizer: Any, micro_batch_size: int, *,
-                         spec: OracleSpec, temperature: float) -> None:
-    """3 (ours): micro-batched training forwards, the backward inside each (as `grpo.update`), AdamW."""
+                         spec: OracleSpec, temperature: float, prefix_shared: bool) -> None:
+    """3 (ours): micro-batched training forwards (each prompt's rows in one micro-batch; `prefix_shared`: each
+    prompt computed once per micro-batch), the backward inside each (as `grpo.update`), AdamW."""
     n, t = rollouts.completion_ids.shape
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    for start in range(0, n, micro_batch_size):
-        mb = rollouts.select(range(start, min(start + micro_batch_size, n)))
-        with injected_logprobs(model, mb, temperature, spec=spec) as logprobs:  # [n_mb, T]
+    for idx in group_micro_batches(range(n), rollouts.num_generations, micro_batch_size):
+        mb = rollouts.select(idx)
+        with injected_logprobs(model, mb, temperature, spec=spec, prefix_shared=prefix_shared) as logprobs:  # [n_mb, T]
             (-(logprobs * mb.completion_mask.to(logprobs.device)).sum() / (n * t)).backward()  # constant normaliser
     optimizer.step()
     model.eval()
@@ -216,7 +218,8 @@ def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",), pr
                 build_oracle_inputs(model, tokenizer, tasks, spec=spec), sampling), device)
 
             def update() -> None:
-                micro_batched_update(model, rollouts, optimizer, mbs, spec=spec, temperature=sampling.temperature)
+                micro_batched_update(model, rollouts, optimizer, mbs, spec=spec, temperature=sampling.temperature,
+                                     prefix_shared=cfg.grpo.prefix_shared_forward)
                 engine.after_step(model, tokenizer)
 
             if device.type == "cuda":

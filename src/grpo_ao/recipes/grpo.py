@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,6 +46,7 @@ from grpo_ao.format import parse_epistemic_status, tag_token_mask
 from grpo_ao.judge import build_judge
 from grpo_ao.loss import group_advantages, policy_loss, route_advantages, split_advantages
 from grpo_ao.recipes.adapters import check_start_layout, written_layout
+from grpo_ao.recipes.grpo_chunk import Chunk
 from grpo_ao.recipes.grpo_report import (
     judge_outage,
     sample_rows,
@@ -73,29 +73,11 @@ from grpo_ao.rollout import (
     Rollouts,
     build_oracle_inputs,
     completion_logprobs,
+    group_micro_batches,
     injected_logprobs,
 )
 
 REFERENCE_ADAPTER = "reference"
-
-
-@dataclass
-class Chunk:
-    """One accumulation chunk: B tasks, their N = B·G rollouts and what was computed from them."""
-
-    tasks: list
-    rollouts: Rollouts
-    layers: list[int]
-    parsed: list
-    judged: list
-    breakdowns: list
-    advantages: torch.Tensor  # [N]
-    valid: torch.Tensor  # [N] bool
-    token_advantages: torch.Tensor | None = None  # [N, T] with advantage_routing=split
-    old_logprobs: torch.Tensor | None = None  # [N, T]
-    ref_logprobs: torch.Tensor | None = None  # [N, T]
-    index: int = 0
-    """k: the chunk's place in the step (its sampling seed, and the rank that rolls it out: k mod N)."""
 
 
 def chunk_seed(seed: int, step: int, chunk: int) -> int:
@@ -209,14 +191,16 @@ def fixed_logprobs(cfg: RunConfig, model: Any, chunk: Chunk) -> torch.Tensor:
     with torch.no_grad():
         for idx in micro_batches(chunk, cfg.grpo.micro_batch_size, valid_only=False):
             out.append(completion_logprobs(model, chunk.rollouts.select(idx), cfg.sampling.temperature,
-                                           spec=oracle_spec(cfg)).cpu())
+                                           spec=oracle_spec(cfg), prefix_shared=cfg.grpo.prefix_shared_forward).cpu())
     model.train(was_training)
     return torch.cat(out)  # [N, T]
 
 
 def micro_batches(chunk: Chunk, size: int, valid_only: bool = True) -> list[list[int]]:
+    """The chunk's rows (the valid ones by default) in micro-batches of at most `size`, each prompt's rows together
+    (so the prefix-shared forward computes each prompt once per micro-batch)."""
     rows = [i for i in range(len(chunk.valid)) if chunk.valid[i] or not valid_only]
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
+    return group_micro_batches(rows, chunk.rollouts.num_generations, size)
 
 
 def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, num_tokens: int) -> list:
@@ -229,7 +213,8 @@ def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, n
             mb = chunk.rollouts.select(idx)
             t = torch.tensor(idx)
             # backward inside: a checkpointed block is recomputed with its injection hook
-            with injected_logprobs(model, mb, cfg.sampling.temperature, spec=spec) as logprobs:  # [n, T]
+            with injected_logprobs(model, mb, cfg.sampling.temperature, spec=spec,
+                                   prefix_shared=cfg.grpo.prefix_shared_forward) as logprobs:  # [n, T]
                 loss, st = policy_loss(
                     logprobs,
                     None if chunk.old_logprobs is None else chunk.old_logprobs[t].to(device),

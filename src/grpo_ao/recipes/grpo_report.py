@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -17,11 +17,9 @@ from grpo_ao.distributed import gather_objects, print0
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.judge import JudgeStats
 from grpo_ao.metrics import confidence_histogram, read_metrics
+from grpo_ao.recipes.grpo_chunk import Chunk
 from grpo_ao.recipes.setup import window_mean, write_json
 from grpo_ao.reward import aggregate_breakdowns
-
-if TYPE_CHECKING:
-    from grpo_ao.recipes.grpo import Chunk
 
 
 @dataclass(frozen=True)
