@@ -48,7 +48,7 @@ def test_tiny_and_smollm2_keep_their_ao_sft_optimizer(name):
 def test_ao_sft_builds_its_optimizer_from_its_own_schedule_fields(monkeypatch, tmp_path):
     seen = []
     _stop_at(monkeypatch, ao_sft, "optimizer_and_scheduler", seen)
-    cfg = load_config("tiny", ["ao_sft.num_examples=20", "ao_sft.heldout_examples=4", "ao_sft.epochs=1",
+    cfg = load_config("tiny", ["ao_sft.num_examples=20", "ao_sft.heldout_examples=12", "ao_sft.epochs=1",
                                "ao_sft.batch_size=2", "ao_sft.lr=3e-5", "ao_sft.lr_schedule=linear",
                                "ao_sft.warmup_steps=null", "ao_sft.warmup_fraction=0.2", "logging.progress=false",
                                f"logging.output_dir={tmp_path}"])
@@ -197,17 +197,18 @@ def test_ao_sft_activation_cache_is_not_reused_when_the_data_file_changes(tmp_pa
     real = ao_sft.extract_in_batches
     monkeypatch.setattr(ao_sft, "extract_in_batches", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     data = _data_file(tmp_path / "data.jsonl")
-    cfg = load_config("tiny", [f"data.source={data}", "ao_sft.num_examples=8", "ao_sft.heldout_examples=4",
-                               "ao_sft.heldout_contexts=10", "ao_sft.epochs=1", "ao_sft.batch_size=8",
+    cfg = load_config("tiny", [f"data.source={data}", "ao_sft.num_examples=8", "ao_sft.heldout_examples=40",
+                               "ao_sft.heldout_contexts=20", "ao_sft.epochs=1", "ao_sft.batch_size=8",
                                "sft.num_examples=16", "sft.heldout_examples=8",
                                "logging.progress=false", "eval.batch_size=4", f"logging.output_dir={tmp_path / 'ao'}"])
     ao_sft.run(cfg)
-    assert calls == [8, 4]
+    first = list(calls)
+    assert first, "the first run reads the subject"  # training, held-out and counterfactual reads
     ao_sft.run(cfg)
-    assert calls == [8, 4], "same data, same tokenizer, same code: the cache is reused"
+    assert calls == first, "same data, same tokenizer, same code: the cache is reused"
     _data_file(tmp_path / "data.jsonl", suffix=" Then it rained.")  # same path, same config, other text
     ao_sft.run(cfg)
-    assert calls == [8, 4, 8, 4], "changed data file: fresh activations"
+    assert calls == first + first, "changed data file: fresh activations"
 
 
 def test_sft_cache_key_follows_the_tasks_the_tokenizer_and_the_adapter_files(tmp_path, tokenizer):
