@@ -12,6 +12,7 @@ from grpo_ao.format import left_pad, render_oracle_prompt
 from grpo_ao.models import LoraSettings, attach_lora, decoder_layers
 from grpo_ao.rollout import OracleSpec, Rollouts, completion_logprobs, injected_logprobs
 from grpo_ao.steering import Injection
+from injection_counter import count_injections
 
 TEMPERATURE = 1.3
 SPEC = OracleSpec(system_prompt=None, mode="none", context_format="chat", injection_layer=1, coef=1.0)
@@ -33,22 +34,6 @@ def checkpoint_whole_layer_calls(monkeypatch, model):
         return checkpoint(functools.partial(torch.nn.Module.__call__, self, **kwargs), *args, use_reentrant=False)
 
     monkeypatch.setattr(cls, "__call__", call)
-
-
-def count_injections(monkeypatch) -> list[int]:
-    """Record the batch size of every `Injection.apply` call on a forward covering the placeholders.
-
-    Counted on entry: a recomputation with early stop (torch's default) ends inside `apply`, once the
-    last tensor the forward saved has been recomputed."""
-    seen, apply = [], Injection.apply
-
-    def counting(self, h):
-        if h.shape[1] > self.max_col:
-            seen.append(h.shape[0])
-        return apply(self, h)
-
-    monkeypatch.setattr(Injection, "apply", counting)
-    return seen
 
 
 @pytest.fixture()

@@ -23,7 +23,7 @@ from grpo_ao.rollout import (
     injected_logprobs,
     prompt_groups,
 )
-from grpo_ao.steering import Injection
+from injection_counter import count_injections
 
 TEMPERATURE = 1.3
 SPEC = OracleSpec(system_prompt=None, mode="none", context_format="chat", injection_layer=1, coef=1.0)
@@ -93,19 +93,6 @@ def logprobs_and_grads(model, rollouts: Rollouts, prefix_shared: bool) -> tuple[
     return logprobs.detach(), grads
 
 
-def injected_batches(monkeypatch) -> list[int]:
-    """Batch sizes of every `Injection.apply` call on a forward that covers the placeholders."""
-    seen, apply = [], Injection.apply
-
-    def counting(self, h):
-        if h.shape[1] > self.max_col:
-            seen.append(h.shape[0])
-        return apply(self, h)
-
-    monkeypatch.setattr(Injection, "apply", counting)
-    return seen
-
-
 def relative_differences(a: dict, b: dict) -> tuple[float, float]:
     """(‖a − b‖ / ‖b‖ over all LoRA gradients as one vector, the largest of the same per tensor)."""
     assert a.keys() == b.keys()
@@ -151,7 +138,7 @@ def test_prefix_shared_logprobs_and_lora_gradients_equal_the_one_forward_path(lo
                                                                              g):
     ro = grouped_rollouts(tokenizer, g=g)
     plain = logprobs_and_grads(lora_model, ro, prefix_shared=False)
-    applied = injected_batches(monkeypatch)
+    applied = count_injections(monkeypatch)
     shared = logprobs_and_grads(lora_model, ro, prefix_shared=True)
     # G > 1: the 2 distinct prompts ran once each; G = 1: nothing to share, the one-forward path ran
     assert applied == ([2] if g > 1 else [2 * g])
@@ -172,7 +159,7 @@ def test_prefix_shared_gradients_equal_per_tensor_in_float64(lora_model, tokeniz
 def test_prefix_shared_split_groups_and_single_token_completions(lora_model, tokenizer, monkeypatch):
     ro = grouped_rollouts(tokenizer)
     mb = ro.select([1, 2, 3])  # the tail of prompt 0 (2 rows) and the head of prompt 1 (1 row), as a cut group
-    applied = injected_batches(monkeypatch)
+    applied = count_injections(monkeypatch)
     assert_equal_paths(logprobs_and_grads(lora_model, mb, True), logprobs_and_grads(lora_model, mb, False),
                        mb.completion_mask)
     one = grouped_rollouts(tokenizer, t=1)  # T = 1: the prompt forward's last logits are all there is
@@ -200,7 +187,7 @@ def test_checkpointing_falls_back_in_training_and_logs_once(lora_model, tokenize
     plain = logprobs_and_grads(lora_model, ro, prefix_shared=False)
     lora_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     rollout._warn_once.cache_clear()
-    applied = injected_batches(monkeypatch)
+    applied = count_injections(monkeypatch)
     try:
         with caplog.at_level(logging.WARNING, logger="grpo_ao.rollout"):
             ckpt = [logprobs_and_grads(lora_model, ro, prefix_shared=True) for _ in range(2)]
