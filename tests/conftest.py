@@ -53,3 +53,25 @@ def sft_adapter(tmp_path_factory):
     summary = sft.run(load_config("tiny", [f"logging.output_dir={run_dir}", *SFT_FIXTURE_OVERRIDES]))
     assert summary["parse_rate_after"] >= 0.5, f"the SFT fixture did not learn the format: {summary}"
     return summary["adapter"]
+
+
+@pytest.fixture()
+def fake_hub(monkeypatch):
+    """`huggingface_hub.HfApi` replaced by a recorder: `.calls` lists ("create", repo, private) and ("upload",
+    folder, repo); `.api` is the class, to subclass for failures (install a subclass with monkeypatch)."""
+    import types
+
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create", repo_id, private))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload", folder_path, repo_id))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    return types.SimpleNamespace(calls=calls, api=FakeApi)

@@ -151,27 +151,16 @@ def test_keep_last_prunes_oldest_but_never_the_newest_save(tmp_path):
         _save(tmp_path, 6, objs, keep_last=0)
 
 
-def test_push_to_hub_turns_failures_into_grpo_ao_errors(tmp_path, monkeypatch):
+def test_push_to_hub_turns_failures_into_grpo_ao_errors(tmp_path, monkeypatch, fake_hub):
     import huggingface_hub
 
     with pytest.raises(GrpoAoError, match="adapter_config.json"):
         push_to_hub(tmp_path, "me/oracle")
     (tmp_path / "adapter_config.json").write_text("{}")
-    calls = []
-
-    class FakeApi:
-        def create_repo(self, repo_id, private, exist_ok):
-            calls.append(("create", repo_id, private))
-            return f"https://huggingface.co/{repo_id}"
-
-        def upload_folder(self, folder_path, repo_id, commit_message):
-            calls.append(("upload", folder_path, repo_id))
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     assert push_to_hub(tmp_path, "me/oracle") == "https://huggingface.co/me/oracle"
-    assert calls == [("create", "me/oracle", True), ("upload", str(tmp_path), "me/oracle")]
+    assert fake_hub.calls == [("create", "me/oracle", True), ("upload", str(tmp_path), "me/oracle")]
 
-    class OfflineApi(FakeApi):
+    class OfflineApi(fake_hub.api):
         def create_repo(self, repo_id, private, exist_ok):
             raise ConnectionError("no network")
 

@@ -138,23 +138,10 @@ def test_a_failed_push_after_grpo_keeps_the_summary_and_prints_the_retry(sft_ada
     assert f"grpo-ao push {summary['adapter']} me/oracle" in capsys.readouterr().err
 
 
-def test_push_command_uploads_an_adapter_directory(tmp_path, monkeypatch, capsys):
-    import huggingface_hub
-
-    calls = []
-
-    class FakeApi:
-        def create_repo(self, repo_id, private, exist_ok):
-            calls.append(("create", repo_id, private))
-            return f"https://huggingface.co/{repo_id}"
-
-        def upload_folder(self, folder_path, repo_id, commit_message):
-            calls.append(("upload", folder_path, repo_id))
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+def test_push_command_uploads_an_adapter_directory(tmp_path, fake_hub, capsys):
     (tmp_path / "adapter_config.json").write_text("{}")
     assert cli.main(["push", str(tmp_path), "me/oracle-sft"]) == 0
-    assert calls == [("create", "me/oracle-sft", True), ("upload", str(tmp_path), "me/oracle-sft")]
+    assert fake_hub.calls == [("create", "me/oracle-sft", True), ("upload", str(tmp_path), "me/oracle-sft")]
     assert "https://huggingface.co/me/oracle-sft" in capsys.readouterr().out
 
 
