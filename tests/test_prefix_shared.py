@@ -156,6 +156,22 @@ def test_prefix_shared_gradients_equal_per_tensor_in_float64(lora_model, tokeniz
                        ro.completion_mask, per_tensor=2e-6)
 
 
+def test_prefix_shared_gradients_are_the_same_run_to_run(lora_model, tokenizer):
+    """Bit for bit, with several threads: an update must not depend on which thread adds first. The cache's own
+    `batch_select_indices` (advanced indexing, backward through float atomics on the CPU) failed this: one prompt's
+    64 rows, so the threads of the parallel kernel add into the same keys and values."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 2))  # the nondeterminism needs threads
+    try:
+        ro = grouped_rollouts(tokenizer, g=64).select(range(64))  # prompt 0's rows
+        first = logprobs_and_grads(lora_model, ro, prefix_shared=True)[1]
+        for _ in range(3):
+            again = logprobs_and_grads(lora_model, ro, prefix_shared=True)[1]
+            assert all(torch.equal(again[k], first[k]) for k in first)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_prefix_shared_split_groups_and_single_token_completions(lora_model, tokenizer, monkeypatch):
     ro = grouped_rollouts(tokenizer)
     mb = ro.select([1, 2, 3])  # the tail of prompt 0 (2 rows) and the head of prompt 1 (1 row), as a cut group

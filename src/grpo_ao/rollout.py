@@ -383,14 +383,26 @@ def _warn_once(message: str) -> None:
     logger.warning(message)
 
 
+def _expand_cache(cache: Any, inverse: torch.Tensor) -> None:
+    """Row i of every layer's keys and values becomes row `inverse[i]` ([B', H, P, D] -> [n, H, P, D]), in place.
+
+    `index_select`, whose backward sums the n rows' gradients in a fixed order, and not the cache's own
+    `batch_select_indices`: its advanced indexing backpropagates through `index_put_(accumulate=True)`, whose CPU
+    kernel adds with float atomics across threads, so the LoRA gradient changed in the last bits from run to run
+    (4.8e-7 on the tiny Qwen3 of tests/test_grpo_recipe.py, 2 threads)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, inverse)
+        layer.values = layer.values.index_select(0, inverse)
+
+
 def _prefix_shared_logprobs(model: Any, rollouts: Rollouts, groups: PromptGroups, temperature: float, *,
                             spec: OracleSpec) -> torch.Tensor:
     """The training forward with each distinct prompt computed once: B' prompt rows, then n completion rows.
 
       1. the B' distinct prompts [B', P], injected, with gradient: their KV cache and the logits of the last
          prompt token (which predict completion token 0);
-      2. the cache indexed to the n rows (`inverse`): index_select, whose backward sums the n rows' gradients
-         into their prompt's keys and values;
+      2. the cache indexed to the n rows (`inverse`, `_expand_cache`): index_select, whose backward sums the n
+         rows' gradients into their prompt's keys and values;
       3. completion tokens 0..T-2 [n, T-1] on that cache, hook removed (it acts on prompt positions only),
          attention mask = prompt mask ++ completion mask, position ids as the one-forward path derives them.
     Tokens: B'·P + n·(T-1) instead of n·(P+T).  -> logprobs [n, T]
@@ -408,11 +420,11 @@ def _prefix_shared_logprobs(model: Any, rollouts: Rollouts, groups: PromptGroups
                 spec.injection_layer, spec.coef):  # 1.
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask,
                     position_ids=(prompt_mask.cumsum(dim=1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
-    head = token_logprobs(out.logits[inverse], completion_ids[:, :1], temperature)  # [n, 1]
+    head = token_logprobs(out.logits.index_select(0, inverse), completion_ids[:, :1], temperature)  # [n, 1]
     if t == 1:
         return head
     cache = getattr(out, kw)
-    cache.batch_select_indices(inverse)  # 2. B' rows -> n rows
+    _expand_cache(cache, inverse)  # 2. B' rows -> n rows
     mask = torch.cat([prompt_mask[inverse], rollouts.completion_mask.to(device)], dim=1)  # [n, P+T]
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, p:-1]  # [n, T-1]
     logits = model(input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids,
