@@ -162,9 +162,11 @@ def run_variant(name, overrides, args, cache, train, held_ex, tokenizer):
 
     def on_curve(step):
         t = time.perf_counter()
-        points[step] = ao_heldout.curve_summary(ao_sft.curve_point(cfg, model, tokenizer, held, step))
+        rows = ao_sft.curve_point(cfg, model, tokenizer, held, step)
+        points[step] = ao_heldout.curve_summary(rows)
         eval_s[0] += time.perf_counter() - t
         print(f"  {name} step {step}: {fmt(points[step])}", flush=True)
+        print(f"  {name} step {step} by kind: {fmt_by_kind(rows)}", flush=True)
         return points[step]
 
     t0 = time.perf_counter()
@@ -174,6 +176,21 @@ def run_variant(name, overrides, args, cache, train, held_ex, tokenizer):
     train_s = time.perf_counter() - t0 - eval_s[0]
     on_curve(args.steps)
     return points, train_s / args.steps
+
+
+def fmt_by_kind(rows) -> str:
+    """Real/counterfactual accuracy per (kind, family), yes/no balanced over its references."""
+    cells: dict = {}
+    for r in rows:
+        key = (r["kind"], r["family"], r["control"])
+        cells.setdefault(key, {}).setdefault(str(r.get("reference")).lower() if r["kind"] == "yes_no" else "",
+                                             []).append(r["correct"])
+    out = []
+    for kind, fam in sorted({(k, f) for k, f, _ in cells}):
+        acc = {c: sum(sum(h) / len(h) for h in cells[(kind, fam, c)].values()) / len(cells[(kind, fam, c)])
+               for c in ("real", "counterfactual") if (kind, fam, c) in cells}
+        out.append(f"{kind}:{fam} {acc.get('real', float('nan')):.2f}/{acc.get('counterfactual', float('nan')):.2f}")
+    return " ".join(out)
 
 
 def fmt(point) -> str:
@@ -190,6 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--heldout", default="builtin_heldout")
     p.add_argument("--cache", default=str(ROOT / "runs" / "ao_design" / "slices.safetensors"))
     p.add_argument("--probe", action="store_true", help="print the probe ceilings and stop")
+    p.add_argument("--families", default=None,
+                   help="train on these families' questions only (comma-separated, e.g. topic,sentiment)")
     p.add_argument("--list", action="store_true")
     args = p.parse_args(argv)
     if args.list:
@@ -203,6 +222,10 @@ def main(argv=None) -> int:
     held_ex = with_open_questions(load_examples(replace(cfg.data, source=args.heldout)), train)
     texts = {ex.context for ex in held_ex}
     train = [ex for ex in train if ex.context not in texts]
+    if args.families:
+        keep = set(args.families.split(","))
+        train = [replace(ex, qas=tuple(qa for qa in ex.qas if qa.family in keep)) for ex in train]
+        train = [ex for ex in train if ex.qas]
     cache = SliceCache(model, tokenizer, cfg.data.context_format, Path(args.cache))
     if args.probe:
         for percent in (25, 50, 75):

@@ -34,7 +34,15 @@ def test_bench_reports_every_variant_on_the_same_forced_length_workload(tmp_path
     result = bench.run(cfg, repeats=2, engines=("hf",))
     assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(result))
     assert (result["B"], result["G"], result["N"], result["max_new_tokens"], result["repeats"]) == (2, 2, 4, 6, 2)
-    assert set(result["variants"]) == {"prototype", "hf"}
+    assert set(result["variants"]) == {"prototype", "hf", "hf one-forward"}
+    assert result["prefix_shared_forward"] is True
+    assert result["update_speedup_prefix_shared"] == pytest.approx(
+        result["variants"]["hf one-forward"]["update_s"] / result["variants"]["hf"]["update_s"])
+    assert result["variants"]["prototype"]["phases_s"] is None
+    for name in ("hf", "hf one-forward"):
+        phases = result["variants"][name]["phases_s"]
+        assert set(phases) == set(bench.PHASES) and all(math.isfinite(t) and t >= 0 for t in phases.values())
+        assert phases["forward"] > 0 and phases["backward"] > 0 and phases["sampling"] > 0
     for v in result["variants"].values():
         assert v["tokens"] == 4 * 6, "every completion is forced to max_new_tokens"
         assert len(v["steps_s"]) == 2 and all(math.isfinite(t) and t > 0 for t in v["steps_s"])
@@ -112,8 +120,9 @@ def test_prototype_update_and_micro_batched_update_give_the_same_gradient(tmp_pa
 
 def test_bench_without_the_prototype_reports_the_model_and_the_update_alone(tmp_path):
     cfg = load_config("tiny", [f"logging.output_dir={tmp_path}", "model.source=random", *SMALL])
-    result = bench.run(cfg, repeats=1, engines=("hf",), prototype=False)
+    result = bench.run(cfg, repeats=1, engines=("hf",), prototype=False, compare_update=False)
     assert set(result["variants"]) == {"hf"} and result["variants"]["hf"]["speedup_vs_prototype"] is None
+    assert result["update_speedup_prefix_shared"] is None
     hf = result["variants"]["hf"]
     assert hf["warmup_s"] > 0 and hf["update_peak_memory_mb"] is None, "per-update peak memory only on CUDA"
     facts = result["model"]

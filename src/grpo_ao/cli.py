@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported)")
     p.add_argument("--engines", default="hf", help="our step with these rollout engines, comma-separated: hf, vllm "
                    "(vllm needs scripts/install_vllm.sh)")
+    p.add_argument("--compare-update", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the first engine's step with the other update path (prefix-shared vs one-forward)")
     p = sub.add_parser("push", help="push an adapter directory to a Hugging Face Hub repo (retry of a failed push)")
     p.add_argument("adapter", help="adapter directory (holds adapter_config.json and grpo_ao_oracle.json)")
     p.add_argument("repo", help="hub repo id, org/name")
@@ -137,7 +139,8 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "bench":
         from grpo_ao.recipes import bench
 
-        bench.run(_load(args), repeats=args.repeats, engines=tuple(e for e in args.engines.split(",") if e))
+        bench.run(_load(args), repeats=args.repeats, engines=tuple(e for e in args.engines.split(",") if e),
+                  compare_update=args.compare_update)
     elif args.command == "doctor":
         from grpo_ao.doctor import exit_code, render
         from grpo_ao.recipes import doctor

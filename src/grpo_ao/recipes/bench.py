@@ -13,11 +13,15 @@ Variants:
      at the deepest block needed; 2. the engine's rollouts (HF: each distinct prompt prefilled once with the
      injection, its G rows decoded from the shared KV cache without a hook; vLLM: per-request injection);
      3. micro-batched training forwards + backward (`injected_logprobs`), AdamW, and the engine's weight sync.
+     The update path is `grpo.prefix_shared_forward`'s (default: each prompt computed once, its KV cache expanded
+     to its G completions); the first engine also runs with the other path (variant "hf one-forward": prompt +
+     completion for every rollout), so one run gives both, and `update_speedup_prefix_shared` their ratio.
 For each: median s/step over `repeats` timed steps after a warm-up step (its time kept: it includes compilation
 with model.compile), rollout (1+2) s and tok/s, update (3) s, peak memory (torch.cuda.max_memory_allocated per
 variant on CUDA, and of the update alone; on CPU the process's peak RSS, which only grows and so does not separate
 the variants), and the prototype's s/step ÷ the variant's (`prototype=False` skips the prototype, whose per-rollout
-loop is slow at real shapes). The report also gives the model's parameter and weight-byte counts and its KV-cache
+loop is slow at real shapes), and for ours where the time goes (`phases_s`: extraction, sampling = prefill +
+decode, training forward, backward, optimizer, weight sync). The report also gives the model's parameter and weight-byte counts and its KV-cache
 bytes per token (for a bandwidth roofline). Writes run_dir/bench.json.
 """
 
@@ -62,6 +66,8 @@ from grpo_ao.rollout import (
 from grpo_ao.steering import inject, render_context, subject_mode
 
 VARIANTS = ("prototype", "hf", "vllm")
+OTHER_UPDATE = {True: " one-forward", False: " prefix-shared"}
+"""The name suffix of the variant that runs the update path `grpo.prefix_shared_forward` does not choose."""
 
 
 def prototype_inputs(model: Any, tokenizer: Any, tasks: list, *, spec: OracleSpec) -> OracleInputs:
@@ -120,18 +126,46 @@ def prototype_update(model: Any, groups: list[Rollouts], optimizer: Any, *, spec
 
 
 def micro_batched_update(model: Any, rollouts: Rollouts, optimizer: Any, micro_batch_size: int, *,
-                         spec: OracleSpec, temperature: float, prefix_shared: bool) -> None:
+                         spec: OracleSpec, temperature: float, prefix_shared: bool,
+                         phases: dict[str, float] | None = None) -> None:
     """3 (ours): micro-batched training forwards (each prompt's rows in one micro-batch; `prefix_shared`: each
-    prompt computed once per micro-batch), the backward inside each (as `grpo.update`), AdamW."""
+    prompt computed once per micro-batch), the backward inside each (as `grpo.update`), AdamW. `phases`, when
+    given, gets the seconds of "forward", "backward" and "optimizer" added (device-synchronised)."""
     n, t = rollouts.completion_ids.shape
+    device = next(model.parameters()).device
+    clock = _Clock(device, phases)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     for idx in group_micro_batches(range(n), rollouts.num_generations, micro_batch_size):
         mb = rollouts.select(idx)
         with injected_logprobs(model, mb, temperature, spec=spec, prefix_shared=prefix_shared) as logprobs:  # [n_mb, T]
-            (-(logprobs * mb.completion_mask.to(logprobs.device)).sum() / (n * t)).backward()  # constant normaliser
+            loss = -(logprobs * mb.completion_mask.to(logprobs.device)).sum() / (n * t)  # constant normaliser
+            clock.lap("forward")
+            loss.backward()
+            clock.lap("backward")
     optimizer.step()
+    clock.lap("optimizer")
     model.eval()
+
+
+class _Clock:
+    """Adds the seconds since the previous lap to `phases[name]` (nothing when `phases` is None)."""
+
+    def __init__(self, device: torch.device, phases: dict[str, float] | None) -> None:
+        self.device, self.phases = device, phases
+        self.t = self._now()
+
+    def _now(self) -> float:
+        if self.phases is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.phases is None:
+            return
+        now = self._now()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.t
+        self.t = now
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -141,12 +175,16 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
-Step = Callable[[], tuple[float, float, int, float | None]]
-"""One benchmarked step: (rollout s, update s, tokens, peak MB of the update alone or None)."""
+Step = Callable[[], dict[str, Any]]
+"""One benchmarked step: {"rollout_s", "update_s", "tokens", "update_peak_mb" (or None), "phases" (name -> s, or
+None)}."""
+PHASES = ("extraction", "sampling", "forward", "backward", "optimizer", "sync")
+"""Where our step's time goes: subject extraction, the engine's prefill + decode, the training forwards, their
+backwards, AdamW, the engine's weight sync. No judge in the bench (see the module docstring)."""
 
 
 def measure(step: Step, repeats: int, device: torch.device, seed: int) -> dict[str, Any]:
-    """One warm-up step, then `repeats` timed steps from the same seed."""
+    """One warm-up step, then `repeats` timed steps from the same seed; medians."""
     seed_everything(seed)
     warmup = step()
     if device.type == "cuda":
@@ -156,14 +194,17 @@ def measure(step: Step, repeats: int, device: torch.device, seed: int) -> dict[s
     for _ in range(repeats):
         seed_everything(seed)
         runs.append(step())
-    rollout_s = statistics.median(r[0] for r in runs)
-    tokens = runs[-1][2]
-    update_peaks = [r[3] for r in runs if r[3] is not None]
-    return {"step_s": statistics.median(r[0] + r[1] for r in runs), "steps_s": [r[0] + r[1] for r in runs],
-            "warmup_s": warmup[0] + warmup[1], "rollout_s": rollout_s,
-            "update_s": statistics.median(r[1] for r in runs), "tokens": tokens,
+    rollout_s = statistics.median(r["rollout_s"] for r in runs)
+    tokens = runs[-1]["tokens"]
+    update_peaks = [r["update_peak_mb"] for r in runs if r["update_peak_mb"] is not None]
+    phases = None if runs[-1]["phases"] is None else {
+        k: statistics.median(r["phases"].get(k, 0.0) for r in runs) for k in PHASES}
+    return {"step_s": statistics.median(r["rollout_s"] + r["update_s"] for r in runs),
+            "steps_s": [r["rollout_s"] + r["update_s"] for r in runs],
+            "warmup_s": warmup["rollout_s"] + warmup["update_s"], "rollout_s": rollout_s,
+            "update_s": statistics.median(r["update_s"] for r in runs), "tokens": tokens,
             "rollout_tokens_per_s": tokens / rollout_s, "peak_memory_mb": _peak_memory_mb(device),
-            "update_peak_memory_mb": max(update_peaks) if update_peaks else None}
+            "update_peak_memory_mb": max(update_peaks) if update_peaks else None, "phases_s": phases}
 
 
 def model_facts(model: Any) -> dict[str, Any]:
@@ -187,9 +228,11 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",), prototype: bool = True) -> dict[str, Any]:
-    """Benchmark the prototype's step (unless `prototype=False`) and ours with each of `engines`; return the results
-    (also bench.json)."""
+def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",), prototype: bool = True,
+        compare_update: bool = True) -> dict[str, Any]:
+    """Benchmark the prototype's step (unless `prototype=False`) and ours with each of `engines` (update path:
+    `grpo.prefix_shared_forward`); with `compare_update`, also ours with the first engine and the other update path
+    (`update_speedup_prefix_shared`: its update s ÷ the prefix-shared one's). Return the results (also bench.json)."""
     if repeats < 1:
         raise GrpoAoError(f"--repeats {repeats}: the bench needs at least 1 timed step per variant.")
     bad = [e for e in engines if e not in VARIANTS[1:]]
@@ -205,28 +248,32 @@ def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",), pr
     optimizer, _ = optimizer_and_scheduler(model, cfg.grpo.lr, 0.0, 0, "constant", cfg.grpo.max_steps)
     model.eval()
 
-    def prototype_step() -> tuple[float, float, int, float | None]:
+    def prototype_step() -> dict[str, Any]:
         t_roll, groups = _timed(lambda: prototype_rollouts(
             model, tokenizer, prototype_inputs(model, tokenizer, tasks, spec=spec), sampling, spec=spec), device)
         t_upd, _ = _timed(lambda: prototype_update(model, groups, optimizer, spec=spec,
                                                    temperature=sampling.temperature), device)
-        return t_roll, t_upd, sum(int(r.lengths.sum()) for r in groups), None
+        return {"rollout_s": t_roll, "update_s": t_upd, "tokens": sum(int(r.lengths.sum()) for r in groups),
+                "update_peak_mb": None, "phases": None}
 
-    def our_step(engine: Any) -> Step:
-        def step() -> tuple[float, float, int, float | None]:
-            t_roll, rollouts = _timed(lambda: engine.generate(
-                build_oracle_inputs(model, tokenizer, tasks, spec=spec), sampling), device)
+    def our_step(engine: Any, prefix_shared: bool) -> Step:
+        def step() -> dict[str, Any]:
+            phases: dict[str, float] = {}
+            t_ext, inputs = _timed(lambda: build_oracle_inputs(model, tokenizer, tasks, spec=spec), device)
+            t_gen, rollouts = _timed(lambda: engine.generate(inputs, sampling), device)
+            phases.update(extraction=t_ext, sampling=t_gen)
 
             def update() -> None:
                 micro_batched_update(model, rollouts, optimizer, mbs, spec=spec, temperature=sampling.temperature,
-                                     prefix_shared=cfg.grpo.prefix_shared_forward)
-                engine.after_step(model, tokenizer)
+                                     prefix_shared=prefix_shared, phases=phases)
+                phases["sync"], _ = _timed(lambda: engine.after_step(model, tokenizer), device)
 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t_upd, _ = _timed(update, device)
             update_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-            return t_roll, t_upd, int(rollouts.lengths.sum()), update_peak
+            return {"rollout_s": t_ext + t_gen, "update_s": t_upd, "tokens": int(rollouts.lengths.sum()),
+                    "update_peak_mb": update_peak, "phases": phases}
         return step
 
     parity_inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
@@ -236,11 +283,20 @@ def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",), pr
                               device=str(device), seed=cfg.seed, work_dir=run_dir / "engine",
                               parity_inputs=parity_inputs)
         try:
-            results[name] = measure(our_step(engine), repeats, device, cfg.seed)
+            results[name] = measure(our_step(engine, cfg.grpo.prefix_shared_forward), repeats, device, cfg.seed)
+            if compare_update and name == engines[0]:  # the other update path, same rollouts engine and workload
+                results[f"{name}{OTHER_UPDATE[cfg.grpo.prefix_shared_forward]}"] = measure(
+                    our_step(engine, not cfg.grpo.prefix_shared_forward), repeats, device, cfg.seed)
         finally:
             engine.close()
     for v in results.values():
         v["speedup_vs_prototype"] = results["prototype"]["step_s"] / v["step_s"] if prototype else None
+    if compare_update:
+        shared, plain = (results[engines[0]], results[f"{engines[0]}{OTHER_UPDATE[True]}"]) if \
+            cfg.grpo.prefix_shared_forward else (results[f"{engines[0]}{OTHER_UPDATE[False]}"], results[engines[0]])
+        update_speedup = plain["update_s"] / shared["update_s"]
+    else:
+        update_speedup = None
     result = {
         "config": cfg.name, "device": str(device), "B": len(tasks), "G": sampling.num_generations,
         "N": len(tasks) * sampling.num_generations, "max_new_tokens": sampling.max_new_tokens,
@@ -249,6 +305,8 @@ def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",), pr
         "prompt_tokens_mean": float(parity_inputs.prompt_mask.sum(dim=1).float().mean()),
         "model": model_facts(model),
         "memory_source": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
+        "prefix_shared_forward": cfg.grpo.prefix_shared_forward,
+        "update_speedup_prefix_shared": update_speedup,
         "variants": results,
     }
     write_json(run_dir / "bench.json", result)
@@ -265,6 +323,8 @@ def print_table(result: dict[str, Any]) -> None:
                         f"micro-batch={result['micro_batch_size']} · median of {result['repeats']} steps")
     table.caption = ("peak MB: torch.cuda.max_memory_allocated per variant" if result["memory_source"] ==
                      "cuda_max_allocated" else "peak MB: process peak RSS so far (grows; not per variant)")
+    if result.get("update_speedup_prefix_shared") is not None:
+        table.caption += f" · update, one-forward ÷ prefix-shared: {result['update_speedup_prefix_shared']:.2f}×"
     for col in ("variant", "s/step", "warm-up s", "rollout s", "rollout tok/s", "update s", "peak MB", "vs prototype"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for name, v in result["variants"].items():
@@ -272,4 +332,13 @@ def print_table(result: dict[str, Any]) -> None:
         table.add_row(name, f"{v['step_s']:.3f}", f"{v['warmup_s']:.3f}", f"{v['rollout_s']:.3f}",
                       f"{v['rollout_tokens_per_s']:.1f}", f"{v['update_s']:.3f}", f"{v['peak_memory_mb']:.0f}",
                       "–" if speedup is None else f"{speedup:.2f}×")
-    Console().print(table)
+    phases = Table(title="where the time goes (s, median per phase)")
+    for col in ("variant", *PHASES):
+        phases.add_column(col, justify="left" if col == "variant" else "right")
+    for name, v in result["variants"].items():
+        if v.get("phases_s") is not None:
+            phases.add_row(name, *(f"{v['phases_s'][k]:.3f}" for k in PHASES))
+    console = Console()
+    console.print(table)
+    if phases.row_count:
+        console.print(phases)
