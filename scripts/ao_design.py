@@ -84,6 +84,15 @@ class SliceCache:
     def __init__(self, model, tokenizer, context_format: str, path: Path):
         self.model, self.tokenizer, self.context_format, self.path = model, tokenizer, context_format, path
         self.store = load_file(str(path)) if path.exists() else {}
+        self.means: dict[int, torch.Tensor] = {}
+        """layer -> the vector subtracted from every window read at that layer (`center`); empty: raw vectors"""
+
+    def center(self, texts, layers) -> None:
+        """Subtract, at each layer, the mean of the cached windows (all positions) of `texts` (the training
+        contexts) from every vector read later: what is left is the part that differs between contexts."""
+        for layer in sorted(set(layers)):
+            self.ensure([(t, layer) for t in texts])
+            self.means[layer] = torch.cat([self.store[self.key(t, layer)] for t in texts]).mean(0)
 
     @staticmethod
     def key(text: str, layer: int) -> str:
@@ -111,7 +120,8 @@ class SliceCache:
             v = self.store[self.key(it.text, layer)]
             n = v.shape[0]
             assert it.k + it.offset <= n, f"window {it.k}+{it.offset} exceeds the {n} cached positions"
-            out.append(v[n - it.k - it.offset:n - it.offset])
+            window = v[n - it.k - it.offset:n - it.offset]
+            out.append(window - self.means[layer] if layer in self.means else window)
         return out
 
 
@@ -207,6 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("--heldout", default="builtin_heldout")
     p.add_argument("--cache", default=str(ROOT / "runs" / "ao_design" / "slices.safetensors"))
     p.add_argument("--probe", action="store_true", help="print the probe ceilings and stop")
+    p.add_argument("--center", action="store_true",
+                   help="subtract the training contexts' mean vector per layer before the injection")
     p.add_argument("--families", default=None,
                    help="train on these families' questions only (comma-separated, e.g. topic,sentiment)")
     p.add_argument("--list", action="store_true")
@@ -232,6 +244,9 @@ def main(argv=None) -> int:
             print(f"probe layer {percent} %: " + " ".join(f"{f} {a:.2f}" for f, a in probe(cache, train, held_ex,
                                                                                             percent).items()))
         return 0
+    if args.center:
+        cache.center(sorted({ex.context for ex in train}),
+                     [layer_for_percent(num_layers(model), pc) for pc in (25, 50, 75)])
     rows = []
     for name in args.variants.split(","):
         points, s_per_step = run_variant(name, VARIANTS[name], args, cache, train, held_ex, tokenizer)
