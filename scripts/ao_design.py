@@ -219,6 +219,8 @@ def main(argv=None) -> int:
     p.add_argument("--probe", action="store_true", help="print the probe ceilings and stop")
     p.add_argument("--center", action="store_true",
                    help="subtract the training contexts' mean vector per layer before the injection")
+    p.add_argument("--english-only", action="store_true",
+                   help="train on the English contexts only (no language label, or English)")
     p.add_argument("--families", default=None,
                    help="train on these families' questions only (comma-separated, e.g. topic,sentiment)")
     p.add_argument("--list", action="store_true")
@@ -234,6 +236,8 @@ def main(argv=None) -> int:
     held_ex = with_open_questions(load_examples(replace(cfg.data, source=args.heldout)), train)
     texts = {ex.context for ex in held_ex}
     train = [ex for ex in train if ex.context not in texts]
+    if args.english_only:
+        train = [ex for ex in train if ex.label_map.get("language", "English") == "English"]
     if args.families:
         keep = set(args.families.split(","))
         train = [replace(ex, qas=tuple(qa for qa in ex.qas if qa.family in keep)) for ex in train]
