@@ -31,6 +31,7 @@ from grpo_ao.models import LoraSettings, ModelConfig
 from grpo_ao.reward import RewardConfig
 from grpo_ao.rollout import SamplingConfig
 from grpo_ao.rollout_config import RolloutConfig
+from grpo_ao.steering import VECTOR_PREPROCESSING
 
 STAGES = ("ao_sft", "sft", "grpo", "eval")
 """The stages `grpo-ao run` knows, in the only order it runs them."""
@@ -50,13 +51,18 @@ class OracleConfig:
     """Oracle decoder block whose output receives the activations."""
     steering_coef: float = 1.0
     """c in h' = h + c·||h||·v/||v||."""
+    vector_preprocessing: str = "none"
+    """What is done to each subject vector v before the injection: `none` (the raw block output, as the published
+    oracles were trained) or `center` (v minus the subject's mean block output at that layer, `steering.subject_means`:
+    on SmolLM2-135M 55-93 % of a raw vector's direction is shared by all contexts, docs/RESULTS.md). An adapter
+    records it in its layout file; a stage that starts from it must use the same."""
     layout_from_adapter: bool = True
     """What an adapter's own layout file (grpo_ao_oracle.json beside adapter_config.json, written by every
     grpo-ao stage) decides. true: `eval` and `observe` ask each adapter in the prompt layout its file records
-    (system prompt mode and text, injection layer, steering coefficient) and print where that differs from
-    oracle.*; `sft` generates its natural answers in the starting adapter's layout and stops with an error when
-    its injection layer or coefficient differ from oracle.*; `grpo` stops with an error when any of the four
-    differ. false: every stage uses oracle.* for every adapter and prints the differences. Layer percents, K
+    (system prompt mode and text, injection layer, steering coefficient, vector preprocessing) and print where
+    that differs from oracle.*; `sft` generates its natural answers in the starting adapter's layout and stops with
+    an error when its injection layer, coefficient or vector preprocessing differ from oracle.*; `grpo` stops with
+    an error when any of the five differ. false: every stage uses oracle.* for every adapter and prints the differences. Layer percents, K
     range, context format and base model always come from the data and model config (a difference is a printed
     warning, never an error). An adapter without the file (e.g. a hub adapter grpo-ao did not write) uses
     oracle.*."""
@@ -67,6 +73,8 @@ class OracleConfig:
         require(self.injection_layer >= 0, f"oracle.injection_layer={self.injection_layer} must be >= 0.")
         require(math.isfinite(self.steering_coef),
                f"oracle.steering_coef={self.steering_coef} must be a finite number (1.0 is the published setting).")
+        require(self.vector_preprocessing in VECTOR_PREPROCESSING,
+               f"oracle.vector_preprocessing={self.vector_preprocessing!r}; use one of {VECTOR_PREPROCESSING}.")
 
     @property
     def prompt_text(self) -> str | None:

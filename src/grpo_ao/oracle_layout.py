@@ -16,9 +16,10 @@ Fields of the file (format 1):
     layer_percents          subject layers it was trained on (percent of depth)
     min_positions, max_positions   the K range it was trained on
     context_format          how the subject read its context (chat | raw)
-    vector_preprocessing    what was done to the subject vectors before the injection (none: raw block outputs)
+    vector_preprocessing    what was done to the subject vectors before the injection (none: raw block outputs;
+                            center: minus the subject's mean at that layer, `steering.subject_means`); absent = none
 
-The first four after base_model are PROMPT fields (they change what the oracle sees: a stage asks in the file's
+The first four after base_model and vector_preprocessing are PROMPT fields (they change what the oracle sees: a stage asks in the file's
 values or stops); the rest are DATA fields, drawn from the data config (a difference is only a warning).
 Nothing here reads the run config; the recipes decide what a difference means (`recipes.setup`).
 """
@@ -32,12 +33,11 @@ from typing import Any
 
 from grpo_ao.errors import GrpoAoError
 from grpo_ao.models import resolve_adapter
+from grpo_ao.steering import VECTOR_PREPROCESSING
 
 LAYOUT_FILE = "grpo_ao_oracle.json"
 LAYOUT_FORMAT = 1
-VECTOR_PREPROCESSING = ("none",)
-"""What this version of grpo-ao can do to subject vectors before injecting them."""
-PROMPT_FIELDS = ("system_prompt_mode", "system_prompt", "injection_layer", "steering_coef")
+PROMPT_FIELDS = ("system_prompt_mode", "system_prompt", "injection_layer", "steering_coef", "vector_preprocessing")
 DATA_FIELDS = ("layer_percents", "min_positions", "max_positions", "context_format", "base_model")
 _ATTR = "grpo_ao_oracle_layout"
 
@@ -71,7 +71,7 @@ def layout_of(spec: Any, data: Any, base_model: str, stage: str) -> OracleLayout
                         system_prompt=spec.system_prompt, injection_layer=spec.injection_layer,
                         steering_coef=float(spec.coef), layer_percents=data.layer_percents,
                         min_positions=data.min_positions, max_positions=data.max_positions,
-                        context_format=data.context_format)
+                        context_format=data.context_format, vector_preprocessing=spec.vector_preprocessing)
 
 
 def differences(adapter: OracleLayout, config: OracleLayout, names: tuple[str, ...]) -> list[str]:

@@ -73,7 +73,7 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class OracleSpec:
-    """How the oracle is prompted and steered: the same five values in every stage that prompts it."""
+    """How the oracle is prompted and steered: the same six values in every stage that prompts it."""
 
     system_prompt: str | None
     """The system prompt text, or None when the oracle gets none."""
@@ -85,6 +85,8 @@ class OracleSpec:
     """Oracle decoder block whose output receives the activations."""
     coef: float
     """Steering coefficient c in h' = h + c·||h||·v/||v||."""
+    vector_preprocessing: str = "none"
+    """What extraction does to the subject vectors: none | center (`steering.extract_activations`)."""
 
     def without_system_prompt(self) -> OracleSpec:
         """The base-oracle layout (no system prompt), same context format and steering."""
@@ -144,11 +146,12 @@ def build_oracle_inputs(
     """Steps 1–2: subject activations (adapter off) and rendered oracle prompts for B tasks.
 
     Each task needs `.context`, `.question`, `.layer_percent` and `.num_positions`. Uses the spec's
-    context format (extraction), system prompt and mode (prompt); not its injection layer or coef.
+    context format and vector preprocessing (extraction), system prompt and mode (prompt); not its injection
+    layer or coef.
     """
     layers = subject_layers(model, tasks)
     vectors = extract_activations(model, tokenizer, [t.context for t in tasks], layers,
-                                  [t.num_positions for t in tasks], spec.context_format)
+                                  [t.num_positions for t in tasks], spec.context_format, spec.vector_preprocessing)
     return oracle_inputs(tokenizer, tasks, layers, vectors, spec=spec)
 
 

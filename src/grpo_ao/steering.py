@@ -6,6 +6,10 @@ block L, which is `hidden_states[L + 1]` in Hugging Face indexing.
 Extraction runs the *subject*: the same base model with the LoRA adapter disabled, in eval mode,
 without gradients, and stops the forward right after the deepest block it needs.
 
+Vector preprocessing (`oracle.vector_preprocessing`, recorded in every adapter's layout): `none` returns the raw
+block outputs; `center` subtracts from each the subject's mean block output at its layer (`subject_means`), so
+the direction the oracle is given is the part that differs between contexts.
+
 Injection adds, at each placeholder position of decoder block `layer`'s output,
 
     h' = h + coef · ||h|| · v / ||v||
@@ -33,6 +37,15 @@ from typing import Any
 import torch
 
 from grpo_ao.models import decoder_layers
+
+
+VECTOR_PREPROCESSING = ("none", "center")
+"""What extraction can do to subject vectors before they are injected (`oracle.vector_preprocessing`)."""
+MEAN_REFERENCE_CONTEXTS = 256
+MEAN_REFERENCE_TOKENS = 16
+"""`subject_means` averages the last 16 tokens of the first 256 built-in training contexts: a fixed reference
+shipped with grpo-ao, so every stage, machine and later reader of an adapter computes the same means."""
+_MEANS_ATTR = "_grpo_ao_subject_means"
 
 
 def layer_for_percent(num_layers: int, percent: int | float) -> int:
@@ -93,6 +106,7 @@ def extract_activations(
     layers: Sequence[int],
     num_positions: Sequence[int],
     context_format: str = "chat",
+    preprocessing: str = "none",
 ) -> list[torch.Tensor]:
     """Subject activations: the output of block `layers[b]` at the last `num_positions[b]` tokens.
 
@@ -103,12 +117,18 @@ def extract_activations(
         layers: B block indices (may differ per row).
         num_positions: B values of K.
         context_format: "chat" (a user turn, as the oracles were trained) or "raw".
+        preprocessing: "none" (raw block outputs) or "center" (minus `subject_means` at the row's layer).
 
     Returns:
         B tensors, row b of shape [K_b, hidden], detached, in the model's dtype.
     """
     if not len(contexts) == len(layers) == len(num_positions):
         raise ValueError("contexts, layers and num_positions must have the same length")
+    if preprocessing not in VECTOR_PREPROCESSING:
+        raise ValueError(f"preprocessing must be one of {VECTOR_PREPROCESSING}, got {preprocessing!r}")
+    if preprocessing != "none":
+        raw = extract_activations(model, tokenizer, contexts, layers, num_positions, context_format)
+        return preprocess_vectors(model, tokenizer, raw, layers, context_format, preprocessing)
     texts = [render_context(tokenizer, c, context_format) for c in contexts]
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     lengths = enc["attention_mask"].sum(dim=1).tolist()
@@ -148,7 +168,7 @@ def extract_activations(
 
 def extract_in_batches(model: Any, tokenizer: Any, contexts: Sequence[str], layers: Sequence[int],
                        num_positions: Sequence[int], context_format: str, batch_size: int,
-                       on_batch: Any = None) -> list[torch.Tensor]:
+                       on_batch: Any = None, preprocessing: str = "none") -> list[torch.Tensor]:
     """`extract_activations` over many rows, `batch_size` rows per forward; each result moved to the CPU
     (kept for reuse while the model trains or answers). `on_batch(n)` is called after each batch of n rows
     (a progress bar's `update`).  -> N tensors [K_b, hidden]"""
@@ -156,10 +176,45 @@ def extract_in_batches(model: Any, tokenizer: Any, contexts: Sequence[str], laye
     for start in range(0, len(contexts), batch_size):
         end = start + batch_size
         out += [v.cpu() for v in extract_activations(model, tokenizer, contexts[start:end], layers[start:end],
-                                                     num_positions[start:end], context_format)]
+                                                     num_positions[start:end], context_format, preprocessing)]
         if on_batch is not None:
             on_batch(len(contexts[start:end]))
     return out
+
+
+def preprocess_vectors(model: Any, tokenizer: Any, vectors: Sequence[torch.Tensor], layers: Sequence[int],
+                       context_format: str, preprocessing: str) -> list[torch.Tensor]:
+    """Raw subject vectors (row b [K_b, hidden], read at `layers[b]`) as `preprocessing` gives them to the oracle:
+    none -> unchanged; center -> v - subject_means[layer] (in float32, back to v's dtype and device)."""
+    if preprocessing not in VECTOR_PREPROCESSING:
+        raise ValueError(f"preprocessing must be one of {VECTOR_PREPROCESSING}, got {preprocessing!r}")
+    if preprocessing == "none":
+        return list(vectors)
+    means = subject_means(model, tokenizer, sorted(set(layers)), context_format)
+    return [(v.float() - means[layer].to(v.device)).to(v.dtype) for v, layer in zip(vectors, layers, strict=True)]
+
+
+def subject_means(model: Any, tokenizer: Any, layers: Sequence[int], context_format: str,
+                  batch_size: int = 16) -> dict[int, torch.Tensor]:
+    """The subject's mean block output per layer: over the last `MEAN_REFERENCE_TOKENS` tokens (fewer for a
+    shorter context) of the first `MEAN_REFERENCE_CONTEXTS` contexts of the built-in training data, raw.
+
+    Computed once per (layer, context format) and kept on the model (the subject's weights never change: its
+    adapter is off), so every stage and process derives the same vectors.  -> {layer: [hidden] float32, CPU}
+    """
+    from grpo_ao.data import DataConfig, load_examples
+
+    store = model.__dict__.setdefault(_MEANS_ATTR, {})
+    todo = [layer for layer in layers if (layer, context_format) not in store]
+    if todo:
+        contexts = [ex.context for ex in load_examples(DataConfig(source="builtin"))[:MEAN_REFERENCE_CONTEXTS]]
+        # the context's own tokens: a window never reaches into the chat header
+        ks = [min(MEAN_REFERENCE_TOKENS, len(tokenizer(c, add_special_tokens=False)["input_ids"])) for c in contexts]
+        for layer in todo:
+            vecs = extract_in_batches(model, tokenizer, contexts, [layer] * len(contexts), ks, context_format,
+                                      batch_size)
+            store[(layer, context_format)] = torch.cat([v.float() for v in vecs]).mean(dim=0)
+    return {layer: store[(layer, context_format)] for layer in layers}
 
 
 class Injection:

@@ -37,8 +37,8 @@ from grpo_ao.rollout import OracleSpec
 
 HUB_SUFFIX = {"grpo": "", "sft": "-sft", "ao_sft": "-ao"}
 """logging.push_to_hub = org/name: the repo of each stage's adapter is org/name + suffix."""
-SFT_MUST_MATCH = ("injection_layer", "steering_coef")
-"""Format SFT changes the prompt layout (that is its job) but not where and how strongly vectors are injected."""
+SFT_MUST_MATCH = ("injection_layer", "steering_coef", "vector_preprocessing")
+"""Format SFT changes the prompt layout (that is its job) but not which vectors are injected where, how strongly."""
 
 
 def written_layout(cfg: RunConfig, stage: str, spec: OracleSpec | None = None) -> OracleLayout:
@@ -75,7 +75,7 @@ def cfg_for_adapter(cfg: RunConfig, adapter: str | None, data: DataConfig | None
     print0(f"Asking {where} in the layout it was trained in ({'; '.join(diffs)}).")
     oracle = OracleConfig(system_prompt=layout.system_prompt or "none", system_prompt_mode=layout.system_prompt_mode,
                           injection_layer=layout.injection_layer, steering_coef=layout.steering_coef,
-                          layout_from_adapter=True)
+                          vector_preprocessing=layout.vector_preprocessing, layout_from_adapter=True)
     return replace(cfg, oracle=oracle)
 
 

@@ -97,7 +97,8 @@ def cache_key(cfg: RunConfig, kind: str, items: list[AoItem], tokenizer: Any) ->
     """The activations of `items` depend on the subject model, the items themselves (so the data's content, not
     only its path), how the tokenizer splits them and the extraction code: all of it is in the key."""
     return fingerprint(kind, cfg.model.source, cfg.model.seed, cfg.model.dtype, cfg.data.context_format,
-                       [asdict(it) for it in items], tokenizer_fingerprint(tokenizer), code_fingerprint())
+                       cfg.oracle.vector_preprocessing, [asdict(it) for it in items], tokenizer_fingerprint(tokenizer),
+                       code_fingerprint())
 
 
 def with_activations(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoItem],
@@ -117,7 +118,7 @@ def with_activations(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoI
     bar = progress_bar(len(reads), "ao-sft activations", cfg.logging.progress)
     read = dict(zip(reads, extract_in_batches(model, tokenizer, [t for t, _ in reads], [layer for _, layer in reads],
                                               [width[r] for r in reads], cfg.data.context_format, EXTRACT_BATCH,
-                                              bar.update), strict=True))
+                                              bar.update, cfg.oracle.vector_preprocessing), strict=True))
     vectors = []
     for it, layer in zip(items, layers, strict=True):
         v = read[(it.text, layer)]  # [width, hidden], ending at the text's last token

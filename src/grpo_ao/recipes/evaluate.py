@@ -62,7 +62,7 @@ from grpo_ao.recipes.setup import (
 )
 from grpo_ao.reward import judge_and_reward
 from grpo_ao.rollout import OracleInputs, generate_rollouts, subject_layers
-from grpo_ao.steering import extract_in_batches
+from grpo_ao.steering import extract_in_batches, preprocess_vectors
 
 NO_ADAPTER = "none"
 """Adapter spec for the bare base model (no LoRA at all)."""
@@ -135,6 +135,14 @@ class Shown:
 def shown_of(tasks: Sequence[Task], layers: Sequence[int], vectors: Sequence[torch.Tensor]) -> Shown:
     """Slot j shows tasks[j]'s layer percent and K, subject layer layers[j] and vectors[j]."""
     return Shown([t.layer_percent for t in tasks], [t.num_positions for t in tasks], list(layers), list(vectors))
+
+
+def preprocessed(asked: RunConfig, base: Any, tokenizer: Any, shown: Shown) -> Shown:
+    """`shown` (raw subject vectors, extracted once for every adapter) with the vector preprocessing the adapter
+    is asked with (`asked.oracle.vector_preprocessing`, from its layout file)."""
+    vectors = preprocess_vectors(base, tokenizer, shown.vectors, shown.layers, asked.eval.data.context_format,
+                                 asked.oracle.vector_preprocessing)
+    return replace(shown, vectors=vectors)
 
 
 def counterfactual_slots(cfg: RunConfig, model: Any, tokenizer: Any, tasks: Sequence[Task], layers: Sequence[int],
@@ -335,11 +343,12 @@ def run(cfg: RunConfig, adapters: list[str] | None = None) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for label, adapter in to_evaluate:
         asked = adapter_cfg(cfg, label, adapter)
+        shown, shown_cf = (preprocessed(asked, base, tokenizer, s) for s in (real, cf_shown))  # as it was trained
         with oracle_with(base, state, label, adapter) as model:  # 4.
-            records = answer_and_score(asked, model, tokenizer, tasks, real, passes["real"], judge, label)
-            control = answer_and_score(asked, model, tokenizer, tasks, real, passes["shuffled"], judge,
+            records = answer_and_score(asked, model, tokenizer, tasks, shown, passes["real"], judge, label)
+            control = answer_and_score(asked, model, tokenizer, tasks, shown, passes["shuffled"], judge,
                                        f"{label} shuffled")
-            cf = answer_and_score(asked, model, tokenizer, tasks, cf_shown, passes["counterfactual"], judge,
+            cf = answer_and_score(asked, model, tokenizer, tasks, shown_cf, passes["counterfactual"], judge,
                                   f"{label} counterfactual")
         for r in cf:
             r["donor_context"] = tasks[r["donor"]].context

@@ -82,7 +82,7 @@ def oracle_spec(cfg: RunConfig, data: DataConfig | None = None) -> OracleSpec:
     data = cfg.data if data is None else data
     return OracleSpec(system_prompt=cfg.oracle.prompt_text, mode=cfg.oracle.system_prompt_mode,
                       context_format=data.context_format, injection_layer=cfg.oracle.injection_layer,
-                      coef=cfg.oracle.steering_coef)
+                      coef=cfg.oracle.steering_coef, vector_preprocessing=cfg.oracle.vector_preprocessing)
 
 
 def load_oracle(cfg: RunConfig, adapter: str | None = None, trainable: bool = True,
