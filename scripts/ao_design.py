@@ -59,6 +59,7 @@ VARIANTS: dict[str, list[str]] = {
     "lr_3e-3": ["ao_sft.lr=3e-3"],
     "lr_3e-4": ["ao_sft.lr=3e-4"],
     "k5": ["data.min_positions=5"],
+    "open_only_k5": ["data.min_positions=5", "ao_sft.open_frac=1.0"],
 }
 
 
