@@ -19,8 +19,9 @@ Fields of the file (format 1):
     vector_preprocessing    what was done to the subject vectors before the injection (none: raw block outputs;
                             center: minus the subject's mean at that layer, `steering.subject_means`); absent = none
 
-The first four after base_model and vector_preprocessing are PROMPT fields (they change what the oracle sees: a stage asks in the file's
-values or stops); the rest are DATA fields, drawn from the data config (a difference is only a warning).
+The four after base_model and vector_preprocessing are PROMPT fields (`oracle.*`: they change what the oracle
+sees, so a stage asks in the file's values or stops); the rest are DATA fields, drawn from the data config (a
+difference is only a warning).
 Nothing here reads the run config; the recipes decide what a difference means (`recipes.setup`).
 """
 
