@@ -9,21 +9,14 @@ import pytest
 from grpo_ao import cli
 from grpo_ao.config import load_config
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.oracle_layout import LAYOUT_FILE, OracleLayout, read_layout, write_layout
+from grpo_ao.oracle_layout import LAYOUT_FILE, OracleLayout, read_layout
 from grpo_ao.recipes import adapters, grpo, sft
 from grpo_ao.recipes.setup import oracle_spec
+from layout_files import adapter_dir
 
 AO_LAYOUT = OracleLayout(stage="ao_sft", base_model="tiny", system_prompt_mode="none", system_prompt=None,
                          injection_layer=1, steering_coef=1.0, layer_percents=(25, 50, 75), min_positions=1,
                          max_positions=5, context_format="chat")
-
-
-def _adapter_dir(tmp_path, layout, name="ad"):
-    directory = tmp_path / name
-    directory.mkdir()
-    (directory / "adapter_config.json").write_text("{}")
-    write_layout(layout, directory)
-    return str(directory)
 
 
 def test_the_shipped_smollm2_ao_adapter_records_the_base_oracle_layout():
@@ -51,13 +44,13 @@ def test_a_checkpoint_writes_the_layout_attached_to_the_model_beside_the_adapter
 
 def test_eval_and_observe_ask_an_adapter_in_the_layout_its_file_records(tmp_path, capsys):
     cfg = load_config("tiny")  # merged epistemic system prompt
-    ao = _adapter_dir(tmp_path, AO_LAYOUT)
+    ao = adapter_dir(tmp_path, AO_LAYOUT)
     asked = adapters.cfg_for_adapter(cfg, ao, label="ao")
     spec = oracle_spec(asked)
     assert (spec.system_prompt, spec.mode) == (None, "none")
     out = capsys.readouterr().out
     assert "Asking adapter 'ao' in the layout it was trained in (system_prompt_mode: adapter 'none'" in out
-    same = _adapter_dir(tmp_path, adapters.written_layout(cfg, "sft"), "same")
+    same = adapter_dir(tmp_path, adapters.written_layout(cfg, "sft"), "same")
     assert adapters.cfg_for_adapter(cfg, same) is cfg
     forced = replace(cfg, oracle=replace(cfg.oracle, layout_from_adapter=False))
     assert oracle_spec(adapters.cfg_for_adapter(forced, ao)).mode == "merged"
@@ -67,14 +60,14 @@ def test_eval_and_observe_ask_an_adapter_in_the_layout_its_file_records(tmp_path
 
 def test_a_different_layer_or_k_is_a_warning_not_a_different_prompt(tmp_path, capsys):
     cfg = load_config("tiny")
-    other = _adapter_dir(tmp_path, replace(adapters.written_layout(cfg, "sft"), layer_percents=(50,), max_positions=3))
+    other = adapter_dir(tmp_path, replace(adapters.written_layout(cfg, "sft"), layer_percents=(50,), max_positions=3))
     assert adapters.cfg_for_adapter(cfg, other) is cfg
     assert "Warning: adapter" in capsys.readouterr().out
     assert adapters.check_start_layout(replace(cfg, model=replace(cfg.model, adapter=other)), "grpo") is not None
 
 
 def test_grpo_from_an_adapter_trained_in_another_layout_exits_2_naming_the_fix(tmp_path, capsys):
-    ao = _adapter_dir(tmp_path, AO_LAYOUT)
+    ao = adapter_dir(tmp_path, AO_LAYOUT)
     code = cli.main(["grpo", "--config", "tiny", f"model.adapter={ao}", "--output-dir", str(tmp_path / "g")])
     err = capsys.readouterr().err
     assert code == 2
@@ -86,10 +79,10 @@ def test_grpo_from_an_adapter_trained_in_another_layout_exits_2_naming_the_fix(t
 
 
 def test_sft_from_a_base_oracle_accepts_its_prompt_but_not_another_injection_layer(tmp_path):
-    cfg = load_config("tiny", [f"model.adapter={_adapter_dir(tmp_path, AO_LAYOUT)}"])
+    cfg = load_config("tiny", [f"model.adapter={adapter_dir(tmp_path, AO_LAYOUT)}"])
     start = adapters.check_start_layout(cfg, "sft", adapters.SFT_MUST_MATCH)
     assert adapters.natural_answer_spec(cfg, start).mode == "none"
-    shifted = _adapter_dir(tmp_path, replace(AO_LAYOUT, injection_layer=2), "l2")
+    shifted = adapter_dir(tmp_path, replace(AO_LAYOUT, injection_layer=2), "l2")
     with pytest.raises(GrpoAoError, match="injection_layer: adapter 2, config 1.*oracle.injection_layer=2"):
         adapters.check_start_layout(load_config("tiny", [f"model.adapter={shifted}"]), "sft", adapters.SFT_MUST_MATCH)
 

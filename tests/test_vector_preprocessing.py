@@ -4,6 +4,7 @@ when a stage starts from that adapter."""
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from grpo_ao import cli
 from grpo_ao.config import load_config
 from grpo_ao.data import DataConfig, load_examples
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.oracle_layout import LAYOUT_FILE, OracleLayout, parse_layout, read_layout, write_layout
+from grpo_ao.oracle_layout import LAYOUT_FILE, OracleLayout, parse_layout, read_layout
 from grpo_ao.recipes import adapters
 from grpo_ao.recipes.setup import oracle_spec, task_sampler
 from grpo_ao.rollout import build_oracle_inputs
@@ -23,6 +24,7 @@ from grpo_ao.steering import (
     extract_in_batches,
     subject_means,
 )
+from layout_files import adapter_dir
 
 CONTEXTS = ["The cake needs flour, sugar and two eggs.", "Our team lost the final match again."]
 
@@ -65,14 +67,6 @@ def test_the_config_value_is_checked_and_reaches_the_rollout_inputs(tiny):
     assert torch.equal(raw.prompt_ids, centered.prompt_ids), "the prompt does not change, only the vectors"
 
 
-def _adapter_dir(tmp_path, layout, name="ad"):
-    directory = tmp_path / name
-    directory.mkdir()
-    (directory / "adapter_config.json").write_text("{}")
-    write_layout(layout, directory)
-    return str(directory)
-
-
 CENTERED = OracleLayout(stage="ao_sft", base_model="tiny", system_prompt_mode="none", system_prompt=None,
                         injection_layer=1, steering_coef=1.0, layer_percents=(25, 50, 75), min_positions=1,
                         max_positions=5, context_format="chat", vector_preprocessing="center")
@@ -83,10 +77,10 @@ def test_an_adapter_records_its_preprocessing_and_stages_follow_or_refuse(tmp_pa
     assert adapters.written_layout(cfg, "ao_sft").vector_preprocessing == "center"
     assert parse_layout({**json.loads(json.dumps(CENTERED.__dict__)), "layer_percents": [25, 50, 75]},
                         "x") == CENTERED
-    old = json.loads((tmp_path / "old" / LAYOUT_FILE).read_text()) if _adapter_dir(tmp_path, CENTERED, "old") else None
+    old = json.loads((Path(adapter_dir(tmp_path, CENTERED, "old")) / LAYOUT_FILE).read_text())
     del old["vector_preprocessing"]  # a file written before the field existed: raw vectors
     assert parse_layout(old, "old file").vector_preprocessing == "none"
-    ao = _adapter_dir(tmp_path, CENTERED)
+    ao = adapter_dir(tmp_path, CENTERED)
     asked = adapters.cfg_for_adapter(load_config("tiny"), ao, label="ao")  # eval / observe follow the file
     assert oracle_spec(asked).vector_preprocessing == "center"
     assert "vector_preprocessing: adapter 'center', config 'none'" in capsys.readouterr().out

@@ -277,6 +277,7 @@ def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",), pr
         return step
 
     parity_inputs = build_oracle_inputs(model, tokenizer, tasks, spec=spec)
+    other = f"{engines[0]}{OTHER_UPDATE[cfg.grpo.prefix_shared_forward]}"  # the variant with the other update path
     results = {"prototype": measure(prototype_step, repeats, device, cfg.seed)} if prototype else {}
     for name in engines:
         engine = build_engine(replace(cfg.rollout, engine=name), model, tokenizer, spec=spec, dtype=cfg.model.dtype,
@@ -285,18 +286,16 @@ def run(cfg: RunConfig, repeats: int = 3, engines: tuple[str, ...] = ("hf",), pr
         try:
             results[name] = measure(our_step(engine, cfg.grpo.prefix_shared_forward), repeats, device, cfg.seed)
             if compare_update and name == engines[0]:  # the other update path, same rollouts engine and workload
-                results[f"{name}{OTHER_UPDATE[cfg.grpo.prefix_shared_forward]}"] = measure(
+                results[other] = measure(
                     our_step(engine, not cfg.grpo.prefix_shared_forward), repeats, device, cfg.seed)
         finally:
             engine.close()
     for v in results.values():
         v["speedup_vs_prototype"] = results["prototype"]["step_s"] / v["step_s"] if prototype else None
+    update_speedup = None
     if compare_update:
-        shared, plain = (results[engines[0]], results[f"{engines[0]}{OTHER_UPDATE[True]}"]) if \
-            cfg.grpo.prefix_shared_forward else (results[f"{engines[0]}{OTHER_UPDATE[False]}"], results[engines[0]])
-        update_speedup = plain["update_s"] / shared["update_s"]
-    else:
-        update_speedup = None
+        shared, plain = (engines[0], other) if cfg.grpo.prefix_shared_forward else (other, engines[0])
+        update_speedup = results[plain]["update_s"] / results[shared]["update_s"]
     result = {
         "config": cfg.name, "device": str(device), "B": len(tasks), "G": sampling.num_generations,
         "N": len(tasks) * sampling.num_generations, "max_new_tokens": sampling.max_new_tokens,
