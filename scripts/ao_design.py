@@ -224,6 +224,8 @@ def main(argv=None) -> int:
                    help="train on the English contexts only (no language label, or English)")
     p.add_argument("--families", default=None,
                    help="train on these families' questions only (comma-separated, e.g. topic,sentiment)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more config override for every variant (repeatable), e.g. data.layer_percents=[75]")
     p.add_argument("--list", action="store_true")
     args = p.parse_args(argv)
     if args.list:
@@ -254,7 +256,7 @@ def main(argv=None) -> int:
                      [layer_for_percent(num_layers(model), pc) for pc in (25, 50, 75)])
     rows = []
     for name in args.variants.split(","):
-        points, s_per_step = run_variant(name, VARIANTS[name], args, cache, train, held_ex, tokenizer)
+        points, s_per_step = run_variant(name, [*VARIANTS[name], *args.set], args, cache, train, held_ex, tokenizer)
         rows.append((name, points, s_per_step))
     print("\n| variant | steps | s/step | held-out real/counterfactual at each eval step (cheap check) |\n|---|---|---|---|")
     for name, points, sps in rows:

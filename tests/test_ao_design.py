@@ -1,0 +1,36 @@
+"""scripts/ao_design.py on the tiny model: a variant trains on cached windows, prints its curve table, and an
+extra `--set` override reaches the items it draws (the read window of the design rows in docs/RESULTS.md)."""
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ao_design.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ao_design", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_variant_with_an_extra_override_draws_its_windows_and_prints_each_check(tmp_path, capsys, monkeypatch):
+    module = load_script()
+    drawn = []
+    real_draw = module.ao_sft.draw_items
+
+    def draw(cfg, *args, **kwargs):
+        items = real_draw(cfg, *args, **kwargs)
+        drawn.append((cfg.data.min_positions, cfg.data.max_positions, [it.k for it in items]))
+        return items
+
+    monkeypatch.setattr(module.ao_sft, "draw_items", draw)
+    code = module.main(["--config", "tiny", "--variants", "k5", "--set", "data.max_positions=9", "--steps", "2",
+                        "--eval-every", "1", "--heldout", "builtin_eval", "--cache", str(tmp_path / "c.safetensors"),
+                        "--english-only", "--families", "sentiment"])
+    assert code == 0
+    (low, high, ks), = drawn
+    assert (low, high) == (5, 9), "k5 sets the smallest K, --set the largest"
+    assert all(5 <= k <= 9 for k in ks) and max(ks) > 5
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| k5 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["1", "2"]
