@@ -1,21 +1,11 @@
 """scripts/ao_design.py on the tiny model: a variant trains on cached windows, prints its curve table, and an
 extra `--set` override reaches the items it draws (the read window of the design rows in docs/RESULTS.md)."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ao_design.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("ao_design", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_module import load_script
 
 
 def test_a_variant_with_an_extra_override_draws_its_windows_and_prints_each_check(tmp_path, capsys, monkeypatch):
-    module = load_script()
+    module = load_script("ao_design")
     drawn = []
     real_draw = module.ao_sft.draw_items
 

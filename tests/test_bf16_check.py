@@ -1,17 +1,13 @@
 """scripts/bf16_check.py on the tiny model: it runs, scores the same tokens in both dtypes and prints a gap that
 is a real bf16 gap (non-zero, small) and the per-dtype table."""
 
-import importlib.util
 import re
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bf16_check.py"
+from script_module import load_script
 
 
 def test_bf16_check_prints_the_gap_and_both_dtypes(capsys):
-    spec = importlib.util.spec_from_file_location("bf16_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bf16_check")
     assert module.main(["--config", "tiny", "--repeats", "1", "grpo.prompts_per_step=2",
                         "sampling.num_generations=2", "sampling.max_new_tokens=4"]) == 0
     out = capsys.readouterr().out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 from collections import Counter
@@ -13,6 +12,7 @@ import pytest
 
 from grpo_ao.data import DataConfig, builtin_path, load_examples
 from grpo_ao.grading import grade, is_yes_no_question
+from script_module import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MATERIAL = ROOT / "src" / "grpo_ao" / "resources" / "builtin_data"
@@ -261,9 +261,7 @@ def test_loaded_examples_carry_the_row_labels_and_phrasings():
 
 
 def test_shipped_builtin_files_match_the_generator_script():
-    spec = importlib.util.spec_from_file_location("make_builtin_data", ROOT / "scripts" / "make_builtin_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("make_builtin_data")
     built = module.build_all()
     assert sorted(built) == ["builtin_heldout.jsonl", "builtin_train.jsonl"]
     assert built == module.build_all()  # deterministic
