@@ -192,5 +192,10 @@ def test_sft_rejects_a_batch_the_processes_cannot_share(tmp_path):
 
 
 if __name__ == "__main__":
+    from grpo_ao.distributed import shutdown
+
     if sys.argv[1] == "collectives":
-        _collectives_worker(Path(sys.argv[2]))
+        try:
+            _collectives_worker(Path(sys.argv[2]))
+        finally:
+            shutdown()  # as the CLI does: gloo threads left to interpreter exit can abort a rank (CI stop 20)
