@@ -164,8 +164,15 @@ def run_variant(name, overrides, args, cache, train, held_ex, tokenizer):
     seed_everything(cfg.seed)
     model, _ = load_oracle(cfg)
     cache.model = model
-    items = ao_sft.draw_items(cfg, train, tokenizer, cfg.ao_sft.num_examples, cfg.seed, context_prediction=True)
-    vectors = cache.vectors(items)
+    first = args.open_first
+    phases = [(cfg, args.steps)]
+    if first:  # curriculum: open questions only for the first `first` steps, then the variant's own mix
+        phases = [(replace(cfg, ao_sft=replace(cfg.ao_sft, open_frac=1.0)), first), (cfg, args.steps)]
+    draws = []
+    for i, (phase_cfg, end) in enumerate(phases):
+        n = (end - (phases[i - 1][1] if i else 0)) * 16
+        items = ao_sft.draw_items(phase_cfg, train, tokenizer, n, cfg.seed + i, context_prediction=True)
+        draws.append((phase_cfg, items, cache.vectors(items)))
     held = ao_sft.prepare_heldout(cfg, tokenizer, held_ex, train + held_ex, lambda its, _: cache.vectors(its))
     optimizer, scheduler = optimizer_and_scheduler(model, cfg.ao_sft.lr, 0.0, cfg.ao_sft.warmup_steps, "cosine",
                                                    args.steps)
@@ -182,8 +189,13 @@ def run_variant(name, overrides, args, cache, train, held_ex, tokenizer):
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        ao_sft.train_steps(cfg, model, tokenizer, items, vectors, optimizer, scheduler, start=0, total=args.steps,
-                           run_dir=Path(tmp), sinks=NullSink(), on_curve=on_curve, trainer_state={})
+        start = 0
+        for (phase_cfg, items, vectors), (_, end) in zip(draws, phases):
+            ao_sft.train_steps(phase_cfg, model, tokenizer, items, vectors, optimizer, scheduler, start=start,
+                               total=end, run_dir=Path(tmp), sinks=NullSink(), on_curve=on_curve, trainer_state={})
+            if end != args.steps and args.eval_every and end % args.eval_every == 0:
+                on_curve(end)  # train_steps leaves its last step to the caller
+            start = end
     train_s = time.perf_counter() - t0 - eval_s[0]
     on_curve(args.steps)
     return points, train_s / args.steps
@@ -226,8 +238,12 @@ def main(argv=None) -> int:
                    help="train on these families' questions only (comma-separated, e.g. topic,sentiment)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="one more config override for every variant (repeatable), e.g. data.layer_percents=[75]")
+    p.add_argument("--open-first", type=int, default=0, metavar="N",
+                   help="curriculum: the first N steps draw open questions only, the rest the variant's mix")
     p.add_argument("--list", action="store_true")
     args = p.parse_args(argv)
+    if not 0 <= args.open_first < args.steps:
+        p.error(f"--open-first {args.open_first} must be at least 0 and below --steps {args.steps}")
     if args.list:
         for k, v in VARIANTS.items():
             print(f"{k}: {' '.join(v) or '(base)'}")

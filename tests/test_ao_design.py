@@ -1,6 +1,8 @@
 """scripts/ao_design.py on the tiny model: a variant trains on cached windows, prints its curve table, and an
 extra `--set` override reaches the items it draws (the read window of the design rows in docs/RESULTS.md)."""
 
+import pytest
+
 from script_module import load_script
 
 
@@ -24,3 +26,31 @@ def test_a_variant_with_an_extra_override_draws_its_windows_and_prints_each_chec
     assert all(5 <= k <= 9 for k in ks) and max(ks) > 5
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| k5 |")]
     assert [row.split("|")[2].strip() for row in rows] == ["1", "2"]
+
+
+def test_open_first_trains_open_questions_only_then_the_variants_mix(tmp_path, capsys, monkeypatch):
+    module = load_script("ao_design")
+    drawn, trained = [], []
+    real_draw, real_train = module.ao_sft.draw_items, module.ao_sft.train_steps
+
+    def draw(cfg, examples, tokenizer, n, *args, **kwargs):
+        items = real_draw(cfg, examples, tokenizer, n, *args, **kwargs)
+        drawn.append((cfg.ao_sft.open_frac, n, sorted({it.kind for it in items})))
+        return items
+
+    def train(cfg, model, tokenizer, items, *args, start, total, **kwargs):
+        trained.append((start, total, len(items)))
+        return real_train(cfg, model, tokenizer, items, *args, start=start, total=total, **kwargs)
+
+    monkeypatch.setattr(module.ao_sft, "draw_items", draw)
+    monkeypatch.setattr(module.ao_sft, "train_steps", train)
+    code = module.main(["--config", "tiny", "--variants", "k5", "--steps", "3", "--open-first", "1",
+                        "--eval-every", "1", "--heldout", "builtin_eval", "--cache", str(tmp_path / "c.safetensors"),
+                        "--english-only", "--families", "sentiment"])
+    assert code == 0
+    assert drawn == [(1.0, 16, ["open"]), (0.5, 32, ["open", "yes_no"])]
+    assert trained == [(0, 1, 16), (1, 3, 32)], "one optimizer and schedule over both phases"
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| k5 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["1", "2", "3"], "a check at the switch too"
+    with pytest.raises(SystemExit):
+        module.main(["--config", "tiny", "--steps", "3", "--open-first", "3"])
