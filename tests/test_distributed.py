@@ -125,6 +125,7 @@ def _collectives_worker(out: Path) -> None:
         if p.is_main:
             (out / "main.txt").write_text("rank 0 was first")
     (out / f"rank{r}.json").write_text(json.dumps(record))
+    torch.distributed.barrier()  # both ranks done before either tears down its gloo threads (CI stop 20)
 
 
 def test_collectives_sum_gather_and_detect_diverged_replicas(tmp_path):
