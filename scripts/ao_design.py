@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from grpo_ao import ao_heldout, ao_tasks
 from grpo_ao.config import load_config
 from grpo_ao.data import QA, load_examples
+from grpo_ao.grading import is_yes_no_question
 from grpo_ao.metrics import NullSink
 from grpo_ao.models import num_layers
 from grpo_ao.recipes import ao_sft
@@ -49,6 +51,7 @@ VARIANTS: dict[str, list[str]] = {
     "mix": [],
     "yes_no_only": ["ao_sft.open_frac=0.0"],
     "natural_yes_no": ["ao_sft.yes_no_sampling=natural"],
+    "family_yes_no": ["ao_sft.yes_no_sampling=family"],
     "shipped": ["ao_sft.yes_no_sampling=natural", "ao_sft.open_frac=0.45", "ao_sft.context_prediction_frac=0.2",
                 "data.layer_percents=[25,50,75]"],
     "open_0.25": ["ao_sft.open_frac=0.25"],
@@ -165,13 +168,17 @@ def run_variant(name, overrides, args, cache, train, held_ex, tokenizer):
     model, _ = load_oracle(cfg)
     cache.model = model
     first = args.open_first
-    phases = [(cfg, args.steps)]
+    phases = [(cfg, args.steps, train)]
     if first:  # curriculum: open questions only for the first `first` steps, then the variant's own mix
-        phases = [(replace(cfg, ao_sft=replace(cfg.ao_sft, open_frac=1.0)), first), (cfg, args.steps)]
+        phases = [(replace(cfg, ao_sft=replace(cfg.ao_sft, open_frac=1.0)), first, train), (cfg, args.steps, train)]
+    if args.yes_no_first:  # curriculum: yes/no from the matching question texts only, then from all of them
+        pattern, until = args.yes_no_first
+        narrow = yes_no_matching(train, pattern)
+        phases = [(cfg, until, narrow)] + ([(cfg, args.steps, train)] if until < args.steps else [])
     draws = []
-    for i, (phase_cfg, end) in enumerate(phases):
+    for i, (phase_cfg, end, examples) in enumerate(phases):
         n = (end - (phases[i - 1][1] if i else 0)) * 16
-        items = ao_sft.draw_items(phase_cfg, train, tokenizer, n, cfg.seed + i, context_prediction=True)
+        items = ao_sft.draw_items(phase_cfg, examples, tokenizer, n, cfg.seed + i, context_prediction=True)
         draws.append((phase_cfg, items, cache.vectors(items)))
     held = ao_sft.prepare_heldout(cfg, tokenizer, held_ex, train + held_ex, lambda its, _: cache.vectors(its))
     optimizer, scheduler = optimizer_and_scheduler(model, cfg.ao_sft.lr, 0.0, cfg.ao_sft.warmup_steps, "cosine",
@@ -190,7 +197,7 @@ def run_variant(name, overrides, args, cache, train, held_ex, tokenizer):
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         start = 0
-        for (phase_cfg, items, vectors), (_, end) in zip(draws, phases):
+        for (phase_cfg, items, vectors), (_, end, _) in zip(draws, phases):
             ao_sft.train_steps(phase_cfg, model, tokenizer, items, vectors, optimizer, scheduler, start=start,
                                total=end, run_dir=Path(tmp), sinks=NullSink(), on_curve=on_curve, trainer_state={})
             if end != args.steps and args.eval_every and end % args.eval_every == 0:
@@ -199,6 +206,25 @@ def run_variant(name, overrides, args, cache, train, held_ex, tokenizer):
     train_s = time.perf_counter() - t0 - eval_s[0]
     on_curve(args.steps)
     return points, train_s / args.steps
+
+
+def yes_no_matching(examples, pattern: str):
+    """`examples` keeping every open question but only the yes/no questions whose text matches `pattern`."""
+    rx = re.compile(pattern)
+    kept = [replace(ex, qas=tuple(qa for qa in ex.qas if not is_yes_no_question(qa.question, qa.reference) or rx.search(qa.question)))
+            for ex in examples]
+    kept = [ex for ex in kept if ex.qas]
+    if not any(is_yes_no_question(qa.question, qa.reference) for ex in kept for qa in ex.qas):
+        raise SystemExit(f"--yes-no-first: no yes/no question matches {pattern!r}")
+    return kept
+
+
+def parse_yes_no_first(value: str) -> tuple[str, int]:
+    """'REGEX:N' -> (REGEX, N)."""
+    pattern, sep, steps = value.rpartition(":")
+    if not sep or not pattern or not steps.isdigit() or int(steps) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected REGEX:N, N >= 1 steps (e.g. 'positive\\?:80')")
+    return pattern, int(steps)
 
 
 def fmt_by_kind(rows) -> str:
@@ -240,8 +266,13 @@ def main(argv=None) -> int:
                    help="one more config override for every variant (repeatable), e.g. data.layer_percents=[75]")
     p.add_argument("--open-first", type=int, default=0, metavar="N",
                    help="curriculum: the first N steps draw open questions only, the rest the variant's mix")
+    p.add_argument("--yes-no-first", type=parse_yes_no_first, default=None, metavar="REGEX:N",
+                   help="curriculum: the first N steps draw yes/no items only from the question texts matching "
+                        "REGEX (open questions unchanged), the rest from all; N = --steps for the whole run")
     p.add_argument("--list", action="store_true")
     args = p.parse_args(argv)
+    if args.yes_no_first and (args.open_first or args.yes_no_first[1] > args.steps):
+        p.error("--yes-no-first REGEX:N needs N <= --steps and no --open-first")
     if not 0 <= args.open_first < args.steps:
         p.error(f"--open-first {args.open_first} must be at least 0 and below --steps {args.steps}")
     if args.list:

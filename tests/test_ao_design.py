@@ -54,3 +54,32 @@ def test_open_first_trains_open_questions_only_then_the_variants_mix(tmp_path, c
     assert [row.split("|")[2].strip() for row in rows] == ["1", "2", "3"], "a check at the switch too"
     with pytest.raises(SystemExit):
         module.main(["--config", "tiny", "--steps", "3", "--open-first", "3"])
+
+
+def test_yes_no_first_draws_only_the_matching_yes_no_questions_then_all(tmp_path, monkeypatch):
+    module = load_script("ao_design")
+    drawn = []
+    real_draw = module.ao_sft.draw_items
+
+    def draw(cfg, examples, tokenizer, n, *args, **kwargs):
+        items = real_draw(cfg, examples, tokenizer, n, *args, **kwargs)
+        drawn.append((n, {it.question for it in items if it.kind == "yes_no"}, {it.kind for it in items}))
+        return items
+
+    monkeypatch.setattr(module.ao_sft, "draw_items", draw)
+    code = module.main(["--config", "tiny", "--variants", "k5", "--steps", "3", "--yes-no-first", r"positive\?$:2",
+                        "--eval-every", "0", "--heldout", "builtin_eval", "--cache", str(tmp_path / "c.safetensors"),
+                        "--english-only", "--families", "sentiment"])
+    assert code == 0
+    (n1, first, kinds1), (n2, rest, _) = drawn
+    assert (n1, n2) == (32, 16)
+    assert first and all(q.endswith("positive?") for q in first), first
+    assert kinds1 == {"open", "yes_no"}, "open questions are kept in the narrow phase"
+    assert any(not q.endswith("positive?") for q in rest), "the second phase draws every yes/no question"
+    for bad in (["--yes-no-first", "positive:9"], ["--yes-no-first", "positive"], ["--yes-no-first", "x:1",
+                                                                                  "--open-first", "1"]):
+        with pytest.raises(SystemExit):
+            module.main(["--config", "tiny", "--steps", "3", *bad])
+    with pytest.raises(SystemExit, match="no yes/no question matches"):
+        module.main(["--config", "tiny", "--steps", "3", "--yes-no-first", "zzz-nothing:1", "--cache",
+                     str(tmp_path / "c.safetensors"), "--heldout", "builtin_eval"])

@@ -2,6 +2,7 @@
 
 import json
 import random
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -90,6 +91,29 @@ def test_balanced_yes_no_sampling_balances_every_question_and_natural_keeps_the_
     items = ao_sft.draw_items(natural, examples, tokenizer, n, seed=0, context_prediction=False)
     share, _ = _yes_share(items, skewed)
     assert abs(share - yes / (yes + no)) < 0.06 and share < 0.25
+
+
+def test_family_yes_no_sampling_gives_every_family_the_same_share_and_balances_each_question(cfg, tokenizer):
+    examples = load_examples(cfg.data)
+    only_yes_no = replace(cfg, ao_sft=replace(cfg.ao_sft, open_frac=0.0, context_prediction_frac=0.0))
+    pools, _ = ao_tasks.question_pools(examples)
+    family_of = {q: (pools[q]["yes"] or pools[q]["no"])[0][1].family for q in pools}
+    texts = Counter(family_of.values())
+    assert max(texts.values()) >= 3 * min(texts.values()), "the data's families differ in their number of wordings"
+    n = 12000
+    for sampling, expect in (("family", {f: n / len(texts) for f in texts}),
+                             ("balanced", {f: n * c / len(pools) for f, c in texts.items()})):
+        run = replace(only_yes_no, ao_sft=replace(only_yes_no.ao_sft, yes_no_sampling=sampling))
+        items = ao_sft.draw_items(run, examples, tokenizer, n, seed=0, context_prediction=False)
+        got = Counter(it.family for it in items)
+        for family, want in expect.items():
+            assert abs(got[family] - want) < 0.1 * want, (sampling, family, got[family], want)
+    # `items` is the balanced draw now; redraw with "family" to check Yes/No per question
+    fam = replace(only_yes_no, ao_sft=replace(only_yes_no.ao_sft, yes_no_sampling="family"))
+    items = ao_sft.draw_items(fam, examples, tokenizer, n, seed=1, context_prediction=False)
+    for question in pools:
+        share, got = _yes_share(items, question)
+        assert abs(share - 0.5) < 0.25, (question, share, got)  # ~3.5 sd at the ~50 draws of a topic text
 
 
 def test_position_jitter_and_max_positions_shape_the_training_windows_only(cfg, tokenizer):

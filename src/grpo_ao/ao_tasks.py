@@ -5,8 +5,10 @@ A training draw (`draw_items`, seeded) is a mix of three kinds, in the shares of
 - **yes/no** (share 1 - open_frac - context_prediction_frac): with `yes_no_sampling="balanced"`, pick a
   yes/no question TEXT uniformly among every yes/no question the data asks, then "Yes" or "No" with
   p = 0.5, then a context whose reference to that question is that answer. Neither the question nor the
-  activations then predict the answer alone (only their combination does); "natural" picks a (context,
-  yes/no question) pair uniformly instead, so the data's own answer frequencies show through.
+  activations then predict the answer alone (only their combination does); "family" first picks a family
+  uniformly, then one of its question texts (balanced picks texts uniformly, so a family with 40 wordings gets
+  5x the items of one with 8); "natural" picks a (context, yes/no question) pair uniformly instead, so the
+  data's own answer frequencies show through.
 - **open** (`open_frac`): an open label question ("What is the topic of this text?") picked uniformly
   among the open question texts, then a context that answers it. Its answer depends on the activations
   alone, which is what a fresh oracle learns first (docs/DESIGN.md, "What makes a small oracle learn").
@@ -154,11 +156,18 @@ def draw_items(examples: list[Example], tokenizer: Any, n: int, seed: int, *, da
     n_tokens = {ex.context: count_tokens(tokenizer, ex.context) for ex in examples}
     yn_questions, open_questions = list(yes_no), list(open_)
     pairs = [p for q in yn_questions for side in ("yes", "no") for p in yes_no[q][side]]
+    by_family: dict[str, list[str]] = defaultdict(list)
+    for q in yn_questions:
+        by_family[next(qa.family for side in ("yes", "no") for _, qa in yes_no[q][side])].append(q)
+    families = list(by_family)
 
     def yes_no_pair():
         if ao.yes_no_sampling == "natural":
             return rng.choice(pairs)
-        sides = yes_no[rng.choice(yn_questions)]
+        if ao.yes_no_sampling == "family":
+            sides = yes_no[rng.choice(by_family[rng.choice(families)])]
+        else:
+            sides = yes_no[rng.choice(yn_questions)]
         side = rng.choice(("yes", "no"))
         return rng.choice(sides[side] or sides["no" if side == "yes" else "yes"])
 

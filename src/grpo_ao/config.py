@@ -205,7 +205,9 @@ class AoSftConfig:
     after context prediction, are yes/no questions. Rule: `grpo_ao.ao_tasks`."""
     yes_no_sampling: str = "balanced"
     """"balanced": pick a yes/no question text uniformly, then Yes or No with p = 0.5, then a context with
-    that answer; "natural": a (context, yes/no question) pair uniformly, the data's own answer frequencies."""
+    that answer; "family": as balanced, but first a family uniformly, then one of its question texts (a family
+    with few wordings gets as many items as one with many); "natural": a (context, yes/no question) pair
+    uniformly, the data's own answer frequencies."""
     max_positions: int | None = None
     """Largest K of the training items (K uniform in [data.min_positions, this]); null = data.max_positions.
     Held-out items always use data.min_positions..data.max_positions, as the later stages read."""
@@ -228,8 +230,8 @@ class AoSftConfig:
         require(0 <= self.open_frac <= 1 - self.context_prediction_frac,
                 f"ao_sft.open_frac={self.open_frac} must be in [0, 1 - ao_sft.context_prediction_frac] "
                 f"(= {1 - self.context_prediction_frac:g}); the rest of the items are yes/no questions.")
-        require(self.yes_no_sampling in ("balanced", "natural"),
-                f"ao_sft.yes_no_sampling={self.yes_no_sampling!r} must be 'balanced' or 'natural'.")
+        require(self.yes_no_sampling in ("balanced", "family", "natural"),
+                f"ao_sft.yes_no_sampling={self.yes_no_sampling!r} must be 'balanced', 'family' or 'natural'.")
         require(self.max_positions is None or self.max_positions >= 1,
                 f"ao_sft.max_positions={self.max_positions} must be >= 1 or null (data.max_positions).")
         require(self.position_jitter >= 0 and self.eval_every >= 0,
