@@ -211,8 +211,11 @@ def run_variant(name, overrides, args, cache, train, held_ex, tokenizer):
 def yes_no_matching(examples, pattern: str):
     """`examples` keeping every open question but only the yes/no questions whose text matches `pattern`."""
     rx = re.compile(pattern)
-    kept = [replace(ex, qas=tuple(qa for qa in ex.qas if not is_yes_no_question(qa.question, qa.reference) or rx.search(qa.question)))
-            for ex in examples]
+
+    def keep(qa) -> bool:
+        return not is_yes_no_question(qa.question, qa.reference) or bool(rx.search(qa.question))
+
+    kept = [replace(ex, qas=tuple(qa for qa in ex.qas if keep(qa))) for ex in examples]
     kept = [ex for ex in kept if ex.qas]
     if not any(is_yes_no_question(qa.question, qa.reference) for ex in kept for qa in ex.qas):
         raise SystemExit(f"--yes-no-first: no yes/no question matches {pattern!r}")

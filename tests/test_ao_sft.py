@@ -101,18 +101,16 @@ def test_family_yes_no_sampling_gives_every_family_the_same_share_and_balances_e
     texts = Counter(family_of.values())
     assert max(texts.values()) >= 3 * min(texts.values()), "the data's families differ in their number of wordings"
     n = 12000
+    draws = {}
     for sampling, expect in (("family", {f: n / len(texts) for f in texts}),
                              ("balanced", {f: n * c / len(pools) for f, c in texts.items()})):
         run = replace(only_yes_no, ao_sft=replace(only_yes_no.ao_sft, yes_no_sampling=sampling))
-        items = ao_sft.draw_items(run, examples, tokenizer, n, seed=0, context_prediction=False)
-        got = Counter(it.family for it in items)
+        draws[sampling] = ao_sft.draw_items(run, examples, tokenizer, n, seed=0, context_prediction=False)
+        got = Counter(it.family for it in draws[sampling])
         for family, want in expect.items():
             assert abs(got[family] - want) < 0.1 * want, (sampling, family, got[family], want)
-    # `items` is the balanced draw now; redraw with "family" to check Yes/No per question
-    fam = replace(only_yes_no, ao_sft=replace(only_yes_no.ao_sft, yes_no_sampling="family"))
-    items = ao_sft.draw_items(fam, examples, tokenizer, n, seed=1, context_prediction=False)
     for question in pools:
-        share, got = _yes_share(items, question)
+        share, got = _yes_share(draws["family"], question)
         assert abs(share - 0.5) < 0.25, (question, share, got)  # ~3.5 sd at the ~50 draws of a topic text
 
 
