@@ -42,7 +42,10 @@ if ! floor_ok 2>/dev/null; then
   echo '*' > .venv-floor/.gitignore  # a build output, like .venv
   site_of() { "$1" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
   FLOOR_SITE=$(site_of .venv-floor/bin/python)
-  $PIP install -q --target "$FLOOR_SITE" "transformers==$FLOOR"
+  # kernels: transformers >= 5.2x depends on kernels 0.19, whose LayerRepository needs a revision or a
+  # version; the floor's hub_kernels.py builds LayerRepository objects with neither at import, so the
+  # floor gets a kernels of its time (0.10.2 is its minimum; 0.15 made the argument required)
+  $PIP install -q --target "$FLOOR_SITE" "transformers==$FLOOR" "kernels>=0.10.2,<0.15"
   # processed after the floor's own packages, so .venv's come second on sys.path (its .pth files too)
   echo "import site; site.addsitedir('$(site_of .venv/bin/python)')" > "$FLOOR_SITE/zz-grpo-ao-main-venv.pth"
   # the CLI next to the interpreter, as in .venv (the CLI tests run it from there)
