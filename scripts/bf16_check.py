@@ -26,7 +26,13 @@ import torch
 
 from grpo_ao.config import load_config
 from grpo_ao.recipes.bench import micro_batched_update
-from grpo_ao.recipes.setup import load_oracle, optimizer_and_scheduler, oracle_spec, seed_everything, task_sampler
+from grpo_ao.recipes.setup import (
+    load_oracle,
+    optimizer_and_scheduler,
+    oracle_spec,
+    seed_everything,
+    task_sampler,
+)
 from grpo_ao.rollout import build_oracle_inputs, completion_logprobs, generate_rollouts
 
 

@@ -38,7 +38,6 @@ import torch
 
 from grpo_ao.models import decoder_layers
 
-
 VECTOR_PREPROCESSING = ("none", "center")
 """What extraction can do to subject vectors before they are injected (`oracle.vector_preprocessing`)."""
 MEAN_REFERENCE_CONTEXTS = 256
