@@ -107,6 +107,25 @@ def results_table(report: dict, eval_dir: Path, times: dict[str, float], eval_s:
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- learning_check: begin (generated) -->", "<!-- learning_check: end -->"
+
+
+def splice_results(old: str, block: str) -> str:
+    """The results file with its generated block (between BEGIN and END) replaced by `block`; everything
+    else, the hand-written design notes included, is kept byte for byte. A file without the markers gets the
+    block in front, the first "# Learning benchmark" section up to the next "## " or "# " heading
+    (the pre-marker layout) replaced."""
+    fenced = f"{BEGIN}\n{block.rstrip()}\n{END}\n"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        return head + fenced + rest.split(END, 1)[1].removeprefix("\n")
+    if old.startswith("# Learning benchmark"):
+        lines = old.splitlines(keepends=True)
+        cut = next((i for i, line in enumerate(lines[1:], 1) if line.startswith(("# ", "## "))), len(lines))
+        old = "".join(lines[cut:])
+    return fenced + ("\n" + old if old else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     from grpo_ao.config import load_config
     from grpo_ao.recipes import evaluate
@@ -155,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{TARGETS['ao']}; after GRPO, {TARGETS['grpo']}.\n")
     print("\n" + text)
     if not args.no_write:
-        Path(args.results).write_text(text)
-        print(f"wrote {args.results}")
+        path = Path(args.results)
+        path.write_text(splice_results(path.read_text() if path.exists() else "", text))
+        print(f"wrote the generated block of {args.results}")
     return 0
 
 
