@@ -52,6 +52,7 @@ VARIANTS: dict[str, list[str]] = {
     "yes_no_only": ["ao_sft.open_frac=0.0"],
     "natural_yes_no": ["ao_sft.yes_no_sampling=natural"],
     "family_yes_no": ["ao_sft.yes_no_sampling=family"],
+    "family_pairs": ["ao_sft.yes_no_sampling=family", "ao_sft.yes_no_pairs=true"],
     "shipped": ["ao_sft.yes_no_sampling=natural", "ao_sft.open_frac=0.45", "ao_sft.context_prediction_frac=0.2",
                 "data.layer_percents=[25,50,75]"],
     "open_0.25": ["ao_sft.open_frac=0.25"],

@@ -114,6 +114,43 @@ def test_family_yes_no_sampling_gives_every_family_the_same_share_and_balances_e
         assert abs(share - 0.5) < 0.25, (question, share, got)  # ~3.5 sd at the ~50 draws of a topic text
 
 
+def test_yes_no_pairs_put_both_answers_of_a_question_in_every_batch_through_the_training_order(cfg, tokenizer):
+    examples = load_examples(cfg.data)
+    for sampling in ("family", "balanced", "natural"):
+        run = replace(cfg, ao_sft=replace(cfg.ao_sft, yes_no_pairs=True, yes_no_sampling=sampling, open_frac=0.5,
+                                          context_prediction_frac=0.1))
+        items = ao_sft.draw_items(run, examples, tokenizer, 401, seed=3, context_prediction=True)
+        want, got = ao_tasks.kind_counts(401, run.ao_sft, True), Counter(it.kind for it in items)
+        assert (got["yes_no"], got["open"], len(items)) == (want["yes_no"], want["open"], 401)
+        order = ao_tasks.block_order(random.Random(0), len(items), ao_tasks.pair_unit(run.ao_sft))
+        assert sorted(order) == list(range(len(items))) and order[:50] != list(range(50))
+        assert [it.kind for it in items[:40]] != ["yes_no"] * 40, "the draw itself is shuffled"
+        pairs = 0
+        for start in range(0, len(order), run.ao_sft.batch_size):
+            batch = [items[i] for i in order[start:start + run.ao_sft.batch_size]]
+            yes_no = Counter((it.question, it.reference) for it in batch if it.kind == "yes_no")
+            odd = [q for q in {q for q, _ in yes_no} if yes_no[(q, "Yes")] != yes_no[(q, "No")]]
+            assert len(odd) <= 1, (sampling, odd)  # only the one unpaired item of an odd yes/no count
+            pairs += sum(min(yes_no[(q, "Yes")], yes_no[(q, "No")]) for q in {q for q, _ in yes_no})
+        assert pairs == Counter(it.kind for it in items)["yes_no"] // 2
+    plain = ao_sft.draw_items(cfg, examples, tokenizer, 400, seed=3, context_prediction=True)
+    assert ao_tasks.block_order(random.Random(0), 400, 1) == random.Random(0).sample(range(400), 400)
+    unpaired = Counter()
+    for start in range(0, 400, 8):
+        batch = Counter((it.question, it.reference) for it in plain[start:start + 8] if it.kind == "yes_no")
+        unpaired[sum(batch[(q, "Yes")] != batch[(q, "No")] for q, _ in batch) > 1] += 1
+    assert unpaired[True] > 10, "without pairs, batches leave questions answered one way only"
+
+
+def test_yes_no_pairs_need_an_even_batch_and_a_question_with_both_answers(cfg, tokenizer):
+    with pytest.raises(Exception, match="batch_size=7 must be even"):
+        load_config("tiny", ["ao_sft.yes_no_pairs=true", "ao_sft.batch_size=7"])
+    one_sided = [replace(ex, qas=tuple(qa for qa in ex.qas if qa.reference != "No")) for ex in load_examples(cfg.data)]
+    run = replace(cfg, ao_sft=replace(cfg.ao_sft, yes_no_pairs=True))
+    with pytest.raises(Exception, match="yes_no_pairs=false"):
+        ao_sft.draw_items(run, one_sided, tokenizer, 40, seed=0, context_prediction=False)
+
+
 def test_position_jitter_and_max_positions_shape_the_training_windows_only(cfg, tokenizer):
     examples = load_examples(cfg.data)
     jit = replace(cfg, ao_sft=replace(cfg.ao_sft, position_jitter=3, max_positions=8, context_prediction_frac=0.0))

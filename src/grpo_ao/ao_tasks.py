@@ -8,7 +8,9 @@ A training draw (`draw_items`, seeded) is a mix of three kinds, in the shares of
   activations then predict the answer alone (only their combination does); "family" first picks a family
   uniformly, then one of its question texts (balanced picks texts uniformly, so a family with 40 wordings gets
   5x the items of one with 8); "natural" picks a (context, yes/no question) pair uniformly instead, so the
-  data's own answer frequencies show through.
+  data's own answer frequencies show through. With `yes_no_pairs`, each drawn yes/no item comes with a
+  partner: the same question about a context with the other answer, kept next to it through every shuffle
+  (`pair_unit`, `block_order`), so each batch answers each of its yes/no questions Yes and No equally often.
 - **open** (`open_frac`): an open label question ("What is the topic of this text?") picked uniformly
   among the open question texts, then a context that answers it. Its answer depends on the activations
   alone, which is what a fresh oracle learns first (docs/DESIGN.md, "What makes a small oracle learn").
@@ -171,12 +173,29 @@ def draw_items(examples: list[Example], tokenizer: Any, n: int, seed: int, *, da
         side = rng.choice(("yes", "no"))
         return rng.choice(sides[side] or sides["no" if side == "yes" else "yes"])
 
+    def partner(qa):
+        """The same question about a context whose answer is the other one (None if no context has it)."""
+        other = yes_no[qa.question]["no" if answer_key(qa.reference) == "yes" else "yes"]
+        return rng.choice(other) if other else None
+
     top = ao.max_positions or data.max_positions
     makers = {"yes_no": yes_no_pair, "open": lambda: rng.choice(open_[rng.choice(open_questions)])}
     items: list[AoItem] = []
     for kind in ("yes_no", "open"):
-        for _ in range(want.get(kind, 0)):
+        drawn: list[tuple] = []
+        tries = 0
+        while len(drawn) < want.get(kind, 0):
             ex, qa = makers[kind]()
+            mate = partner(qa) if kind == "yes_no" and ao.yes_no_pairs else None
+            if kind == "yes_no" and ao.yes_no_pairs and mate is None:  # unpaired: would shift every later pair
+                tries += 1
+                if tries > 50 * want[kind] + 100:
+                    raise GrpoAoError(f"ao_sft.yes_no_pairs=true, but no yes/no question of data.source="
+                                      f"{data.source!r} has contexts answering both Yes and No; set "
+                                      "ao_sft.yes_no_pairs=false.")
+                continue
+            drawn += [(ex, qa)] + ([mate] if mate is not None and len(drawn) + 1 < want[kind] else [])
+        for ex, qa in drawn:
             items.append(classification_item(ex, qa, _layout(rng, data, n_tokens[ex.context], top, ao.position_jitter)))
     got = tries = 0
     while got < want.get("context", 0):
@@ -189,8 +208,28 @@ def draw_items(examples: list[Example], tokenizer: Any, n: int, seed: int, *, da
         if item is not None:
             items.append(item)
             got += 1
-    rng.shuffle(items)
-    return items
+    if pair_unit(ao) == 1:
+        rng.shuffle(items)
+        return items
+    return [items[i] for i in block_order(rng, len(items), pair_unit(ao))]
+
+
+def pair_unit(ao: AoSftConfig) -> int:
+    """Items that travel together through every shuffle: 2 with `yes_no_pairs` (a yes/no item and its
+    partner sit at indices 2i, 2i+1, so an even batch never splits them), else 1."""
+    return 2 if ao.yes_no_pairs else 1
+
+
+def block_order(rng: random.Random, n: int, unit: int) -> list[int]:
+    """A seeded permutation of range(n) that moves blocks of `unit` consecutive indices as one; the n % unit
+    indices left over stay last, so no block ever starts off the grid of multiples of `unit` (unit 1: the
+    plain `rng.sample(range(n), n)`)."""
+    if unit == 1:
+        return rng.sample(range(n), n)
+    full = n - n % unit
+    blocks = [list(range(i, i + unit)) for i in range(0, full, unit)]
+    rng.shuffle(blocks)
+    return [i for block in blocks for i in block] + list(range(full, n))
 
 
 def heldout_items(examples: list[Example], tokenizer: Any, n: int, seed: int, *, data: DataConfig) -> list[AoItem]:

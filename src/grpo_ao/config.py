@@ -208,6 +208,11 @@ class AoSftConfig:
     that answer; "family": as balanced, but first a family uniformly, then one of its question texts (a family
     with few wordings gets as many items as one with many); "natural": a (context, yes/no question) pair
     uniformly, the data's own answer frequencies."""
+    yes_no_pairs: bool = False
+    """Draw yes/no items in minimal pairs: each drawn item with a partner asking the SAME question of a context
+    whose answer is the other one, kept next to it in every epoch's order and in the same batch. A batch then
+    answers each of its yes/no questions Yes and No equally often, so its gradient carries no per-question
+    answer bias, only the question x activation part. Needs an even ao_sft.batch_size. Rule: `grpo_ao.ao_tasks`."""
     max_positions: int | None = None
     """Largest K of the training items (K uniform in [data.min_positions, this]); null = data.max_positions.
     Held-out items always use data.min_positions..data.max_positions, as the later stages read."""
@@ -232,6 +237,9 @@ class AoSftConfig:
                 f"(= {1 - self.context_prediction_frac:g}); the rest of the items are yes/no questions.")
         require(self.yes_no_sampling in ("balanced", "family", "natural"),
                 f"ao_sft.yes_no_sampling={self.yes_no_sampling!r} must be 'balanced', 'family' or 'natural'.")
+        require(not self.yes_no_pairs or self.batch_size % 2 == 0,
+                f"ao_sft.yes_no_pairs=true keeps each pair in one batch, so ao_sft.batch_size={self.batch_size} "
+                "must be even.")
         require(self.max_positions is None or self.max_positions >= 1,
                 f"ao_sft.max_positions={self.max_positions} must be >= 1 or null (data.max_positions).")
         require(self.position_jitter >= 0 and self.eval_every >= 0,

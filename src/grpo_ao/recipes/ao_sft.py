@@ -249,7 +249,8 @@ def train_steps(cfg: RunConfig, model: Any, tokenizer: Any, items: list[AoItem],
     check's summary every `ao_sft.eval_every` steps; checkpoints every `logging.checkpoint_every` steps."""
     steps_per_epoch = -(-len(items) // cfg.ao_sft.batch_size)
     order_rng = random.Random(cfg.seed)
-    orders = [order_rng.sample(range(len(items)), len(items)) for _ in range(-(-total // steps_per_epoch))]
+    unit = ao_tasks.pair_unit(cfg.ao_sft)
+    orders = [ao_tasks.block_order(order_rng, len(items), unit) for _ in range(-(-total // steps_per_epoch))]
     bar = progress_bar(total, "ao-sft", cfg.logging.progress, initial=start)
     spec = oracle_spec(cfg).without_system_prompt()
     curve = ""
