@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from grpo_ao import ao_heldout, ao_tasks
+from grpo_ao.calibration import auroc
 from grpo_ao.config import load_config
 from grpo_ao.data import QA, load_examples
 from grpo_ao.grading import is_yes_no_question
@@ -193,6 +194,7 @@ def run_variant(name, overrides, args, cache, train, held_ex, tokenizer):
         eval_s[0] += time.perf_counter() - t
         print(f"  {name} step {step}: {fmt(points[step])}", flush=True)
         print(f"  {name} step {step} by kind: {fmt_by_kind(rows)}", flush=True)
+        print(f"  {name} step {step} yes/no AUROC of Yes-No: {fmt_separation(rows)}", flush=True)
         return points[step]
 
     t0 = time.perf_counter()
@@ -244,6 +246,21 @@ def fmt_by_kind(rows) -> str:
                for c in ("real", "counterfactual") if (kind, fam, c) in cells}
         out.append(f"{kind}:{fam} {acc.get('real', float('nan')):.2f}/{acc.get('counterfactual', float('nan')):.2f}")
     return " ".join(out)
+
+
+def fmt_separation(rows) -> str:
+    """Per family, the AUROC of the real yes/no items' Yes - No first-token logprob against the reference: does
+    the answer follow the vectors at all, whatever the global Yes/No bias that the argmax accuracy also reads."""
+    by_family: dict = {}
+    for r in rows:
+        if r["kind"] == "yes_no" and r["control"] == "real":
+            by_family.setdefault(r["family"], []).append((r["scores"]["Yes"] - r["scores"]["No"],
+                                                          str(r["reference"]).lower() == "yes"))
+    parts = []
+    for fam, pairs in sorted(by_family.items()):
+        a = auroc([m for m, _ in pairs], [y for _, y in pairs])
+        parts.append(f"{fam} {'-' if a is None else f'{a:.2f}'}")
+    return " ".join(parts)
 
 
 def fmt(point) -> str:

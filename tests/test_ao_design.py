@@ -83,3 +83,18 @@ def test_yes_no_first_draws_only_the_matching_yes_no_questions_then_all(tmp_path
     with pytest.raises(SystemExit, match="no yes/no question matches"):
         module.main(["--config", "tiny", "--steps", "3", "--yes-no-first", "zzz-nothing:1", "--cache",
                      str(tmp_path / "c.safetensors"), "--heldout", "builtin_eval"])
+
+
+def test_separation_is_the_auroc_of_the_yes_minus_no_logprob_on_the_real_items_only():
+    module = load_script("ao_design")
+
+    def row(fam, ref, yes, no, control="real"):
+        return {"kind": "yes_no", "family": fam, "control": control, "reference": ref,
+                "scores": {"Yes": yes, "No": no}}
+
+    # every item answered "No" by the argmax (accuracy 0.5), but the margin orders them perfectly for topic
+    rows = [row("topic", "Yes", -1.0, -0.2), row("topic", "No", -2.0, -0.1), row("topic", "Yes", -0.9, -0.5),
+            row("sentiment", "Yes", -2.0, -0.1), row("sentiment", "No", -1.0, -0.2),
+            row("sentiment", "Yes", -9.0, 0.0, control="counterfactual"),
+            {"kind": "open", "family": "topic", "control": "real", "reference": "sports", "scores": {}}]
+    assert module.fmt_separation(rows) == "sentiment 0.00 topic 1.00"
