@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return 0
     TARGET.mkdir(parents=True, exist_ok=True)  # 3.
-    shutil.copy2(Path(summary["adapter"]) / "adapter_model.safetensors", TARGET / "adapter_model.safetensors")
+    for name in ("adapter_model.safetensors", "grpo_ao_oracle.json"):  # the weights and the layout they read
+        shutil.copy2(Path(summary["adapter"]) / name, TARGET / name)
     config = json.loads((Path(summary["adapter"]) / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "smollm2"  # grpo-ao's embedded SmolLM2-135M-Instruct, not a local path
     (TARGET / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
