@@ -23,7 +23,7 @@ def test_the_shipped_smollm2_ao_adapter_records_the_base_oracle_layout():
     layout = read_layout("builtin:smollm2-ao")
     assert layout == OracleLayout(stage="ao_sft", base_model="smollm2", system_prompt_mode="none",
                                   system_prompt=None, injection_layer=1, steering_coef=1.0,
-                                  layer_percents=(25, 50, 75), min_positions=1, max_positions=5,
+                                  layer_percents=(50,), min_positions=5, max_positions=16,
                                   context_format="chat", vector_preprocessing="none")
 
 
