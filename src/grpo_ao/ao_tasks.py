@@ -183,11 +183,11 @@ def draw_items(examples: list[Example], tokenizer: Any, n: int, seed: int, *, da
     items: list[AoItem] = []
     for kind in ("yes_no", "open"):
         drawn: list[tuple] = []
-        tries = 0
+        pairing, tries = kind == "yes_no" and ao.yes_no_pairs, 0
         while len(drawn) < want.get(kind, 0):
             ex, qa = makers[kind]()
-            mate = partner(qa) if kind == "yes_no" and ao.yes_no_pairs else None
-            if kind == "yes_no" and ao.yes_no_pairs and mate is None:  # unpaired: would shift every later pair
+            mate = partner(qa) if pairing else None
+            if pairing and mate is None:  # an unpaired item would shift every later pair off the grid
                 tries += 1
                 if tries > 50 * want[kind] + 100:
                     raise GrpoAoError(f"ao_sft.yes_no_pairs=true, but no yes/no question of data.source="
