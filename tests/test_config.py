@@ -68,10 +68,11 @@ def test_stages_out_of_order_repeated_unknown_or_empty_are_rejected(stages, frag
     assert STAGES == ("ao_sft", "sft", "grpo", "eval")
 
 
-def test_advantage_routing_is_sequence_by_default_and_accepts_only_sequence_or_split():
+def test_advantage_routing_is_sequence_by_default_and_accepts_only_sequence_split_or_tag():
     assert GrpoConfig().advantage_routing == "sequence"
     assert load_config("tiny", ["grpo.advantage_routing=split"]).grpo.advantage_routing == "split"
-    with pytest.raises(GrpoAoError, match=re.escape("grpo.advantage_routing='tokens'; use sequence or split")):
+    assert load_config("tiny", ["grpo.advantage_routing=tag"]).grpo.advantage_routing == "tag"
+    with pytest.raises(GrpoAoError, match=re.escape("grpo.advantage_routing='tokens'; use sequence, split or tag")):
         load_config("tiny", ["grpo.advantage_routing=tokens"])
 
 

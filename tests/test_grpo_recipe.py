@@ -517,6 +517,26 @@ def test_split_routing_gives_tag_tokens_the_calibration_advantage_and_answer_tok
         assert float(answer_value[0]) == pytest.approx(bd.info + bd.bonus - sum(info) / len(info) + delta, abs=1e-5)
 
 
+def test_tag_routing_keeps_the_tag_advantage_and_gives_a_scored_answer_none(setup):
+    from grpo_ao.format import tag_token_mask
+
+    cfg, model, tokenizer, chunk = setup
+    rewards = torch.tensor([b.total if b.total is not None else math.nan for b in chunk.breakdowns])
+    split = grpo.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam)
+    tag = grpo.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam,
+                                 answer_credit=False)  # [N, T]
+    scored = [b.brier is not None for b in chunk.breakdowns]
+    tag_mask = tag_token_mask(tokenizer, chunk.rollouts.completion_ids, scored)
+    assert any(scored) and tag_mask.any()
+    for i, bd in enumerate(chunk.breakdowns):
+        if bd.brier is None:  # a parse failure (or a masked rollout) is routed as with split
+            torch.testing.assert_close(tag[i], split[i])
+            continue
+        torch.testing.assert_close(tag[i][tag_mask[i]], split[i][tag_mask[i]])
+        assert not tag[i][~tag_mask[i]].any(), "the answer tokens of a scored rollout get no advantage"
+    assert split[~tag_mask & torch.tensor(scored).unsqueeze(1)].any(), "control: with split the answers get some"
+
+
 def test_split_routing_runs_a_training_step_end_to_end(sft_adapter, tmp_path):
     cfg = _cfg(sft_adapter, tmp_path / "split", "grpo.advantage_routing=split", "grpo.max_steps=1")
     summary = grpo.run(cfg)

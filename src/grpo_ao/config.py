@@ -35,7 +35,7 @@ from grpo_ao.steering import VECTOR_PREPROCESSING
 
 STAGES = ("ao_sft", "sft", "grpo", "eval")
 """The stages `grpo-ao run` knows, in the only order it runs them."""
-ADVANTAGE_ROUTINGS = ("sequence", "split")
+ADVANTAGE_ROUTINGS = ("sequence", "split", "tag")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -127,9 +127,10 @@ class GrpoConfig:
     max_judge_outage_steps: int = 3
     """Stop with an error after this many consecutive steps in which every judge call failed (0 = never)."""
     advantage_routing: str = "sequence"
-    """sequence | split. With split, the tokens of the `[epistemic status: X]` tag get the group advantage of
-    the calibration part of the reward (−λ·(X/10 − target)²) and the answer tokens the group advantage of the
-    informativeness part; parse failures keep the sequence advantage."""
+    """sequence | split | tag. With split, the tokens of the `[epistemic status: X]` tag get the group advantage
+    of the calibration part of the reward (−λ·(X/10 − target)²) and the answer tokens the group advantage of the
+    informativeness part; with tag, the tag tokens get the same and the answer tokens none (only the stated
+    confidence is trained, the answers stay the starting oracle's). Parse failures keep the sequence advantage."""
     tis_cap: float = 0.0
     """Truncated importance sampling against the rollout engine's own logprobs: each token's policy-gradient term
     is weighted by min(π_train/π_sampler, tis_cap). 0 turns it off (the gap is still logged as
@@ -161,7 +162,7 @@ class GrpoConfig:
                f"grpo.tis_cap={self.tis_cap} must be 0 (off) or a finite number >= 1 (a cap below 1 would shrink "
                "every token's weight).")
         require(self.advantage_routing in ADVANTAGE_ROUTINGS,
-               f"grpo.advantage_routing={self.advantage_routing!r}; use sequence or split.")
+               f"grpo.advantage_routing={self.advantage_routing!r}; use sequence, split or tag.")
 
 
 @dataclass(frozen=True)

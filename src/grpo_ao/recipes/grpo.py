@@ -102,8 +102,9 @@ def score_chunk(cfg: RunConfig, tokenizer: Any, index: int, tasks: list, inputs:
     rewards = torch.tensor([bd.total if bd.total is not None else float("nan") for bd in breakdowns])  # [N]
     advantages = group_advantages(rewards.view(-1, g), valid.view(-1, g), cfg.grpo.scale_rewards).view(-1)  # [N]
     token_advantages = None
-    if cfg.grpo.advantage_routing == "split":
-        token_advantages = routed_advantages(tokenizer, rollouts, breakdowns, rewards, valid, cfg.reward.lam)
+    if cfg.grpo.advantage_routing != "sequence":
+        token_advantages = routed_advantages(tokenizer, rollouts, breakdowns, rewards, valid, cfg.reward.lam,
+                                             answer_credit=cfg.grpo.advantage_routing == "split")
     return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid, token_advantages,
                  index=index)
 
@@ -145,15 +146,18 @@ def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, samp
 
 
 def routed_advantages(tokenizer: Any, rollouts: Rollouts, breakdowns: list, rewards: torch.Tensor,
-                      valid: torch.Tensor, lam: float) -> torch.Tensor:
+                      valid: torch.Tensor, lam: float, answer_credit: bool = True) -> torch.Tensor:
     """`grpo.advantage_routing=split`: tag tokens get the calibration part's group advantage, answer tokens
-    the informativeness part's (`loss.split_advantages`).  -> [N, T]"""
+    the informativeness part's (`loss.split_advantages`); `=tag` (answer_credit False): the answer tokens of a
+    parsed and judged rollout get 0 instead.  -> [N, T]"""
     g = rollouts.num_generations
     scored = torch.tensor([bd.brier is not None for bd in breakdowns])  # [N] parsed and judged
     info = torch.tensor([bd.info + bd.bonus if bd.brier is not None else 0.0 for bd in breakdowns])  # [N]
     calib = torch.tensor([-lam * bd.brier if bd.brier is not None else 0.0 for bd in breakdowns])  # [N]
     tag_adv, answer_adv = split_advantages(info.view(-1, g), calib.view(-1, g), rewards.view(-1, g),
                                            valid.view(-1, g), scored.view(-1, g))  # [B, G] each
+    if not answer_credit:
+        answer_adv = torch.where(scored.view(-1, g), torch.zeros_like(answer_adv), answer_adv)  # [B, G]
     tag_mask = tag_token_mask(tokenizer, rollouts.completion_ids, scored.tolist())  # [N, T]
     return route_advantages(tag_adv.view(-1), answer_adv.view(-1), tag_mask)  # [N, T]
 

@@ -22,7 +22,7 @@ class Chunk:
     breakdowns: list
     advantages: torch.Tensor  # [N]
     valid: torch.Tensor  # [N] bool
-    token_advantages: torch.Tensor | None = None  # [N, T] with advantage_routing=split
+    token_advantages: torch.Tensor | None = None  # [N, T] with advantage_routing=split or tag
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
     index: int = 0
