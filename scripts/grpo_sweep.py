@@ -8,7 +8,7 @@ prints measured numbers, not a test.
 
 A variant is `NAME=override,override,...` (config overrides of the GRPO stage only). Each variant is evaluated
 with its own `reward.target` (ECE (target) is against that target; ECE (correct) is in the table for all).
-The SFT adapter is reused from `--output-dir` when it is already there (`--sft-adapter PATH` names one).
+`--sft-adapter PATH` reuses a format-SFT adapter instead of training one.
 The table goes to stdout and to `OUTPUT_DIR/sweep.md`; nothing is written to docs/ (copy what you keep).
 """
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = _stage(cfg, out, f"grpo_{name}", sft_adapter, *overrides)
         summary = grpo.run(stage)
         times[name] = time.perf_counter() - t
-        print(f"{name}: {time.perf_counter() - t:.0f} s, adapter {summary['adapter']}", flush=True)
+        print(f"{name}: {times[name]:.0f} s, adapter {summary['adapter']}", flush=True)
         by_target.setdefault(stage.reward.target, []).append(f"{name}={summary['adapter']}")
     text = [f"# GRPO sweep\n\nCommand: `python scripts/grpo_sweep.py {' '.join(argv or sys.argv[1:])}`\n"]
     for target, adapters in by_target.items():
