@@ -159,7 +159,7 @@ def test_builtin_adapters_resolve_to_a_peft_directory_inside_the_package():
     ("rollout.vllm_max_model_len=16", "rollout.vllm_max_model_len="), ("rollout.parity_prompts=-1", "rollout.parity_prompts="),
     ("rollout.parity_tokens=0", "rollout.parity_tokens="), ("rollout.parity_logprob_tol=0", "rollout.parity_logprob_tol="),
     ("rollout.parity_every=-1", "rollout.parity_every="), ("grpo.tis_cap=0.5", "grpo.tis_cap="),
-    ("sampling.min_new_tokens=17", "sampling.min_new_tokens="),
+    ("sampling.min_new_tokens=17", "sampling.min_new_tokens="), ("grpo.tag_expectation=true", "grpo.tag_expectation="),
 ])
 def test_rollout_engine_and_tis_settings_reject_bad_values_naming_the_field(override, field):
     with pytest.raises(GrpoAoError, match=re.escape(field)):

@@ -154,3 +154,14 @@ def test_tag_token_mask_covers_exactly_the_tag_tokens(tokenizer):
             assert k == 0
             continue
         assert "]" in tiny_tokenizer.decode(row[:k]) and "]" not in tiny_tokenizer.decode(row[:k - 1])
+
+
+def test_tag_candidate_ids_spell_each_tag_as_the_oracle_writes_it(tokenizer):
+    from grpo_ao.format import format_epistemic_status, tag_candidate_ids
+
+    ids = tag_candidate_ids(tokenizer)
+    assert len(ids) == 11
+    for x, row in enumerate(ids):
+        assert tokenizer.decode(row) == f"[epistemic status: {x}]"
+        written = tokenizer(format_epistemic_status(x, "No, it is not."), add_special_tokens=False)["input_ids"]
+        assert written[:len(row)] == row

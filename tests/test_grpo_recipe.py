@@ -537,6 +537,84 @@ def test_tag_routing_keeps_the_tag_advantage_and_gives_a_scored_answer_none(setu
     assert split[~tag_mask & torch.tensor(scored).unsqueeze(1)].any(), "control: with split the answers get some"
 
 
+def test_tag_candidates_ask_each_prompt_once_per_tag_value(setup):
+    from grpo_ao.format import tag_candidate_ids
+
+    cfg, model, tokenizer, chunk = setup
+    g = chunk.rollouts.num_generations
+    candidates = grpo.tag_candidates(chunk, tag_candidate_ids(tokenizer), tokenizer.pad_token_id)
+    assert candidates.num_generations == 11 and len(candidates.positions) == len(chunk.valid) // g * 11
+    for n in range(len(candidates.positions)):
+        prompt = n // 11 * g  # the first rollout of the candidate's prompt
+        assert candidates.positions[n] == chunk.rollouts.positions[prompt]
+        torch.testing.assert_close(candidates.vectors[n], chunk.rollouts.vectors[prompt])
+        ids = candidates.completion_ids[n][candidates.completion_mask[n].bool()]
+        shared = candidates.prompt_ids.shape[1] - chunk.rollouts.prompt_ids.shape[1]  # the tags' common tokens
+        torch.testing.assert_close(candidates.prompt_ids[n, :-shared], chunk.rollouts.prompt_ids[prompt])
+        assert tokenizer.decode(torch.cat([candidates.prompt_ids[n, -shared:], ids])) == f"[epistemic status: {n % 11}]"
+
+
+def test_tag_expectation_moves_the_tag_towards_the_judged_targets(setup):
+    """One small SGD step on the closed-form term raises Σ_X π(X)·c(X, t) for the chunk's own targets; the
+    sampled tag tokens of scored rollouts then carry no advantage (tag_credit=False)."""
+    from grpo_ao.format import tag_candidate_ids, tag_token_mask
+    from grpo_ao.rollout import completion_logprobs
+
+    cfg, model, tokenizer, chunk = setup
+    cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, advantage_routing="tag", tag_expectation=True))
+    tag_ids, g = tag_candidate_ids(tokenizer), chunk.rollouts.num_generations
+    scored = torch.tensor([bd.brier is not None for bd in chunk.breakdowns])
+    assert scored.any()
+    rewards = torch.tensor([b.total if b.total is not None else math.nan for b in chunk.breakdowns])
+    routed = grpo.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam,
+                                    answer_credit=False, tag_credit=False)  # [N, T]
+    assert not routed[scored].any(), "a scored rollout's tokens get no sampled advantage"
+    sampled = grpo.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam,
+                                     answer_credit=False)
+    tag_mask = tag_token_mask(tokenizer, chunk.rollouts.completion_ids, scored.tolist())
+    assert sampled[tag_mask].any(), "control: without the expectation the sampled tags carry the advantage"
+
+    targets = torch.tensor([float(j.informativeness) if ok else 0.0 for j, ok in zip(chunk.judged, scored.tolist())])
+    x = torch.arange(11) / 10
+
+    def expected_value() -> float:  # Σ_i Σ_j scored Σ_X π_i(X)·c(X, t_ij)
+        candidates = grpo.tag_candidates(chunk, tag_ids, tokenizer.pad_token_id)
+        lp = completion_logprobs(model, candidates, 1.0, spec=oracle_spec(cfg))
+        pi = torch.softmax((lp * candidates.completion_mask).sum(dim=1).view(-1, 11), dim=-1)  # [B, 11]
+        c = -cfg.reward.lam * (x.view(1, 1, -1) - targets.view(-1, g, 1)) ** 2  # [B, G, 11]
+        return float((pi.unsqueeze(1) * c * scored.view(-1, g, 1)).sum())
+
+    params = trainable_parameters(model)
+    saved = [p.detach().clone() for p in params]
+    before = expected_value()
+    model.zero_grad(set_to_none=True)
+    n = len(chunk.valid)
+    grpo.tag_expectation_backward(cfg, model, chunk, tag_ids, tokenizer.pad_token_id, n,
+                                  int(chunk.rollouts.completion_mask.sum()))
+    grads = [p.grad for p in params if p.grad is not None]
+    assert grads and any(gr.abs().sum() > 0 for gr in grads)
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None:
+                p -= 20.0 * p.grad
+    try:
+        after = expected_value()
+    finally:
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
+        model.zero_grad(set_to_none=True)
+    assert after > before
+
+
+def test_tag_expectation_runs_a_training_step_end_to_end(sft_adapter, tmp_path):
+    cfg = _cfg(sft_adapter, tmp_path / "expect", "grpo.advantage_routing=tag", "grpo.tag_expectation=true",
+               "grpo.max_steps=1")
+    assert grpo.run(cfg)["steps"] == 1
+    start, after = _adapter(sft_adapter), _adapter(cfg.run_dir / "checkpoints" / "step-000001" / "adapter")
+    assert any(not torch.equal(start[k], after[k]) for k in start), "the step moved the LoRA"
+
+
 def test_split_routing_runs_a_training_step_end_to_end(sft_adapter, tmp_path):
     cfg = _cfg(sft_adapter, tmp_path / "split", "grpo.advantage_routing=split", "grpo.max_steps=1")
     summary = grpo.run(cfg)

@@ -437,3 +437,64 @@ def test_tis_with_equal_logprobs_is_the_plain_loss_and_padding_nan_does_not_leak
     _close(loss, plain)
     assert math.isfinite(float(loss.detach()))
     _close(stats.logprob_mismatch, 0.0)
+
+
+# --- expected_tag_loss / rollout_weights ---------------------------------------------------------
+
+
+def test_rollout_weights_are_policy_losss_token_weights():
+    from grpo_ao.loss import rollout_weights
+
+    lengths = torch.tensor([2, 4])
+    _close(rollout_weights("dr_grpo", lengths, 8, 5, 99), [1 / 40, 1 / 40])
+    _close(rollout_weights("grpo", lengths, 8, 5, 99), [1 / 10, 1 / 20])
+    _close(rollout_weights("dapo", lengths, 8, 5, 99), [1 / 99, 1 / 99])
+    # the same weights policy_loss gives: d loss / d logprob_nt = −A_n · w_n on a completion token
+    for loss_type in ("dr_grpo", "grpo", "dapo"):
+        logprobs = torch.zeros(2, 4, requires_grad=True)
+        mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+        loss, _ = policy_loss(logprobs, None, torch.tensor([1.0, 1.0]), mask, loss_type=loss_type, max_new_tokens=8,
+                              num_rollouts=5, num_tokens=99)
+        loss.backward()
+        _close(-logprobs.grad[:, 0], rollout_weights(loss_type, lengths, 8, 5, 99))
+
+
+def test_expected_tag_loss_gradient_is_the_sampled_tag_gradient_in_expectation():
+    """E_{X_j ~ π}[−w_j (c(X_j, t_j) − b) ∇log π(X_j)], enumerated over the 11 values, for any baseline b."""
+    from grpo_ao.loss import expected_tag_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 11, requires_grad=True)  # [B, 11]
+    targets = torch.tensor([[1.0, 0.0, NAN], [0.45, 0.1, 0.7]])  # [B, G]
+    weights = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.1]])  # [B, G]; the NaN target's rollout has weight 0
+    lam = 1.5
+    expected_tag_loss(logits, targets, weights, lam).backward()
+    closed_form = logits.grad.clone()
+
+    logits.grad = None
+    x = torch.arange(11) / 10
+    log_pi = torch.log_softmax(logits, dim=-1)  # [B, 11]
+    surrogate = 0.0
+    for i in range(2):
+        for j in range(3):
+            if weights[i, j] == 0:
+                continue
+            c = -lam * (x - targets[i, j]) ** 2  # [11]
+            baseline = 0.37 * (i + 1)  # any baseline: Σ_X π ∇log π = 0
+            surrogate = surrogate - weights[i, j] * (log_pi[i].exp().detach() * (c - baseline) * log_pi[i]).sum()
+    surrogate.backward()
+    torch.testing.assert_close(closed_form, logits.grad, atol=1e-6, rtol=1e-5)
+    assert closed_form.abs().sum() > 0
+
+
+def test_expected_tag_loss_puts_the_tag_at_ten_times_the_mean_target():
+    from grpo_ao.loss import expected_tag_loss
+
+    logits = torch.zeros(2, 11, requires_grad=True)
+    targets = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])  # means 0.6, 0.2
+    optimizer = torch.optim.SGD([logits], lr=50.0)
+    for _ in range(300):
+        optimizer.zero_grad()
+        expected_tag_loss(logits, targets, torch.ones(2, 5), 1.0).backward()
+        optimizer.step()
+    assert logits.argmax(dim=-1).tolist() == [6, 2]

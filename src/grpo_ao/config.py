@@ -131,6 +131,11 @@ class GrpoConfig:
     of the calibration part of the reward (−λ·(X/10 − target)²) and the answer tokens the group advantage of the
     informativeness part; with tag, the tag tokens get the same and the answer tokens none (only the stated
     confidence is trained, the answers stay the starting oracle's). Parse failures keep the sequence advantage."""
+    tag_expectation: bool = False
+    """With advantage_routing split or tag: train the tag with the exact expectation of its calibration reward over
+    the 11 values of X (`loss.expected_tag_loss`: π(X | prompt) times −λ·(X/10 − target)² for each judged
+    rollout's target) instead of crediting the one X each rollout sampled. Same gradient in expectation, no
+    sampling noise in X, and a tag whose samples all agree still learns (the sampled advantage is then 0)."""
     tis_cap: float = 0.0
     """Truncated importance sampling against the rollout engine's own logprobs: each token's policy-gradient term
     is weighted by min(π_train/π_sampler, tis_cap). 0 turns it off (the gap is still logged as
@@ -163,6 +168,8 @@ class GrpoConfig:
                "every token's weight).")
         require(self.advantage_routing in ADVANTAGE_ROUTINGS,
                f"grpo.advantage_routing={self.advantage_routing!r}; use sequence, split or tag.")
+        require(not self.tag_expectation or self.advantage_routing != "sequence",
+               "grpo.tag_expectation=true needs the tag trained on its own: set grpo.advantage_routing=tag (or split).")
 
 
 @dataclass(frozen=True)

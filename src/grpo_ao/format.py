@@ -226,6 +226,21 @@ def format_epistemic_status(confidence: int, answer: str) -> str:
 _TAG_PREFIX_RE = re.compile(r"^\s*(?:<think>\s*</think>\s*)?\[\s*epistemic\s+status\s*:\s*\d{1,2}\s*\]", re.IGNORECASE)
 
 
+def tag_candidate_ids(tokenizer: Any) -> list[list[int]]:
+    """The token ids of `[epistemic status: X]` for X = 0..10, as the oracle writes them at the start of an
+    answer (`format_epistemic_status`'s spelling; the tag is split off its answer by the space before it)."""
+    out = []
+    for x in range(11):
+        tag = format_epistemic_status(x, "").rstrip()
+        ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
+        with_answer = tokenizer(format_epistemic_status(x, "Yes"), add_special_tokens=False)["input_ids"]
+        if with_answer[:len(ids)] != ids:
+            raise GrpoAoError(f"this tokenizer merges the tag {tag!r} with the answer after it, so the tag has no "
+                              "tokens of its own: use grpo.tag_expectation=false.")
+        out.append(ids)
+    return out
+
+
 def tag_token_mask(tokenizer: Any, completion_ids: torch.Tensor, parsed_ok: list[bool]) -> torch.Tensor:
     """Which completion tokens spell the `[epistemic status: X]` tag: the shortest prefix of a parsed
     completion whose decoded text contains the whole tag (the token holding "]" included).  [N, T] -> [N, T] bool

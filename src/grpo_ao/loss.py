@@ -137,6 +137,52 @@ def route_advantages(tag_adv: Tensor, answer_adv: Tensor, tag_mask: Tensor) -> T
     return torch.where(tag_mask.bool(), tag_adv.unsqueeze(1), answer_adv.unsqueeze(1))  # [N, T]
 
 
+def rollout_weights(loss_type: str, lengths: Tensor, max_new_tokens: int, num_rollouts: int,
+                    num_tokens: int) -> Tensor:
+    """The weight one token's loss gets in `policy_loss`'s aggregation, per rollout.  [N] -> [N]
+
+        dr_grpo: 1 / (num_rollouts · max_new_tokens)   grpo: 1 / (len_n · num_rollouts)   dapo: 1 / num_tokens
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r}; choose one of {LOSS_TYPES}")
+    ones = torch.ones(lengths.shape, dtype=torch.float32)  # [N]
+    if loss_type == "dr_grpo":
+        return ones / (max(num_rollouts, 1) * max_new_tokens)
+    if loss_type == "grpo":
+        return 1.0 / (lengths.float().clamp(min=1) * max(num_rollouts, 1))
+    return ones / max(num_tokens, 1)
+
+
+def expected_tag_loss(candidate_logprobs: Tensor, targets: Tensor, weights: Tensor, lam: float) -> Tensor:
+    """The tag's policy-gradient term in closed form over its 11 values (`grpo.tag_expectation`).
+
+    The tag X is one action with 11 values, and the calibration part of the reward, c(X, t) = −λ·(X/10 − t)²,
+    is known for every X once the judge gave rollout j its target t_ij. So instead of crediting the sampled X
+    (`split_advantages`' A_tag, whose estimate needs many samples), take the expectation over X exactly:
+        π_i(X) = softmax_X(ℓ_iX)       ℓ_iX: the summed token logprobs of the tag spelling X after prompt i
+        L      = −Σ_i Σ_j w_ij Σ_X π_i(X) · c(X, t_ij)          (j over the scored rollouts, w_ij = 0 elsewhere)
+    In expectation over X_j ~ π_i its gradient equals the sampled term −Σ_j w_ij (c_ij − b_i) ∇log π_i(X_j)
+    for any baseline b_i, with no variance from sampling X (tests/test_loss.py checks it by Monte Carlo).
+    π renormalised over the 11 tags: this term does not move probability into or out of the tag format.
+
+    Args:
+        candidate_logprobs: ℓ, [B, 11]; column X is the tag `[epistemic status: X]`.
+        targets: t, [B, G]; any value where the weight is 0 (NaN included).
+        weights: w, [B, G] ≥ 0, the aggregation weight of each rollout's tokens (`rollout_weights`), 0 for a
+            rollout that was not parsed and judged.
+        lam: λ.
+    Returns:
+        The scalar loss.  []
+    """
+    x = torch.arange(11, dtype=torch.float32, device=candidate_logprobs.device) / 10  # [11]
+    w = weights.to(candidate_logprobs.device, torch.float32)  # [B, G]
+    t = torch.where(w > 0, targets.to(w), torch.zeros_like(w))  # [B, G]
+    calib = -lam * (x.view(1, 1, -1) - t.unsqueeze(-1)) ** 2  # [B, G, 11]
+    value = (w.unsqueeze(-1) * calib).sum(dim=1)  # [B, 11]: Σ_j w_ij c(X, t_ij)
+    pi = torch.softmax(candidate_logprobs.float(), dim=-1)  # [B, 11]
+    return -(pi * value).sum()
+
+
 class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(logits / temperature) at `ids`, one row at a time, softmax recomputed in backward.
 

@@ -42,9 +42,16 @@ from grpo_ao.distributed import (
 )
 from grpo_ao.engine import build_engine
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.format import parse_epistemic_status, tag_token_mask
+from grpo_ao.format import parse_epistemic_status, tag_candidate_ids, tag_token_mask
 from grpo_ao.judge import build_judge
-from grpo_ao.loss import group_advantages, policy_loss, route_advantages, split_advantages
+from grpo_ao.loss import (
+    expected_tag_loss,
+    group_advantages,
+    policy_loss,
+    rollout_weights,
+    route_advantages,
+    split_advantages,
+)
 from grpo_ao.recipes.adapters import check_start_layout, written_layout
 from grpo_ao.recipes.grpo_chunk import Chunk
 from grpo_ao.recipes.grpo_report import (
@@ -104,7 +111,8 @@ def score_chunk(cfg: RunConfig, tokenizer: Any, index: int, tasks: list, inputs:
     token_advantages = None
     if cfg.grpo.advantage_routing != "sequence":
         token_advantages = routed_advantages(tokenizer, rollouts, breakdowns, rewards, valid, cfg.reward.lam,
-                                             answer_credit=cfg.grpo.advantage_routing == "split")
+                                             answer_credit=cfg.grpo.advantage_routing == "split",
+                                             tag_credit=not cfg.grpo.tag_expectation)
     return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid, token_advantages,
                  index=index)
 
@@ -146,10 +154,12 @@ def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, samp
 
 
 def routed_advantages(tokenizer: Any, rollouts: Rollouts, breakdowns: list, rewards: torch.Tensor,
-                      valid: torch.Tensor, lam: float, answer_credit: bool = True) -> torch.Tensor:
+                      valid: torch.Tensor, lam: float, answer_credit: bool = True,
+                      tag_credit: bool = True) -> torch.Tensor:
     """`grpo.advantage_routing=split`: tag tokens get the calibration part's group advantage, answer tokens
     the informativeness part's (`loss.split_advantages`); `=tag` (answer_credit False): the answer tokens of a
-    parsed and judged rollout get 0 instead.  -> [N, T]"""
+    parsed and judged rollout get 0 instead; `grpo.tag_expectation` (tag_credit False): so do its tag tokens,
+    whose term is then `loss.expected_tag_loss`.  -> [N, T]"""
     g = rollouts.num_generations
     scored = torch.tensor([bd.brier is not None for bd in breakdowns])  # [N] parsed and judged
     info = torch.tensor([bd.info + bd.bonus if bd.brier is not None else 0.0 for bd in breakdowns])  # [N]
@@ -158,6 +168,8 @@ def routed_advantages(tokenizer: Any, rollouts: Rollouts, breakdowns: list, rewa
                                            valid.view(-1, g), scored.view(-1, g))  # [B, G] each
     if not answer_credit:
         answer_adv = torch.where(scored.view(-1, g), torch.zeros_like(answer_adv), answer_adv)  # [B, G]
+    if not tag_credit:
+        tag_adv = torch.where(scored.view(-1, g), torch.zeros_like(tag_adv), tag_adv)  # [B, G]
     tag_mask = tag_token_mask(tokenizer, rollouts.completion_ids, scored.tolist())  # [N, T]
     return route_advantages(tag_adv.view(-1), answer_adv.view(-1), tag_mask)  # [N, T]
 
@@ -200,20 +212,85 @@ def fixed_logprobs(cfg: RunConfig, model: Any, chunk: Chunk) -> torch.Tensor:
     return torch.cat(out)  # [N, T]
 
 
-def micro_batches(chunk: Chunk, size: int, valid_only: bool = True) -> list[list[int]]:
-    """The chunk's rows (the valid ones by default) in micro-batches of at most `size`, each prompt's rows together
-    (so the prefix-shared forward computes each prompt once per micro-batch)."""
-    rows = [i for i in range(len(chunk.valid)) if chunk.valid[i] or not valid_only]
+def nonzero_rows(chunk: Chunk) -> list[bool]:
+    """Per row: some completion token has a non-zero advantage.  [N]"""
+    adv = chunk.advantages.unsqueeze(1) if chunk.token_advantages is None else chunk.token_advantages  # [N, T] or [N, 1]
+    return (adv != 0).any(dim=1).tolist()
+
+
+def micro_batches(chunk: Chunk, size: int, valid_only: bool = True,
+                  needs_forward: list[bool] | None = None) -> list[list[int]]:
+    """The chunk's rows (the valid ones by default; only those with `needs_forward` when given) in micro-batches
+    of at most `size`, each prompt's rows together (so the prefix-shared forward computes each prompt once per
+    micro-batch)."""
+    rows = [i for i in range(len(chunk.valid)) if (chunk.valid[i] or not valid_only)
+            and (needs_forward is None or needs_forward[i])]
     return group_micro_batches(rows, chunk.rollouts.num_generations, size)
 
 
-def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, num_tokens: int) -> list:
-    """Step 3 (one iteration's backward passes): loss over micro-batches, gradients accumulated."""
+def tag_candidates(chunk: Chunk, tag_ids: list[list[int]], pad_id: int) -> Rollouts:
+    """Each prompt of `chunk` once per tag value: 11 rows per prompt. The tokens all 11 tags share
+    (`[epistemic status: ` on most tokenizers) are appended to the prompt, so a completion is only what differs
+    (the digits and `]`): the same logprobs up to the shared part, which cancels in `expected_tag_loss`'s softmax."""
+    g = chunk.rollouts.num_generations
+    shared = 0
+    while all(len(ids) > shared + 1 and ids[shared] == tag_ids[0][shared] for ids in tag_ids):
+        shared += 1
+    suffixes = [ids[shared:] for ids in tag_ids]
+    width = max(len(ids) for ids in suffixes)
+    first = list(range(0, len(chunk.valid), g))  # [B] the first row of each prompt
+    rows = [i for i in first for _ in tag_ids]  # [B·11]
+    base = chunk.rollouts.select(rows)
+    prefix = torch.tensor(tag_ids[0][:shared], dtype=torch.long).expand(len(rows), shared)  # [B·11, S]
+    prompt_ids = torch.cat([base.prompt_ids, prefix], dim=1)  # [B·11, P+S]; left padding: placeholders stay put
+    prompt_mask = torch.cat([base.prompt_mask, torch.ones_like(prefix)], dim=1)  # [B·11, P+S]
+    completion_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B·11, T']
+    completion_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B·11, T']
+    for n in range(len(rows)):
+        ids = suffixes[n % len(suffixes)]
+        completion_ids[n, :len(ids)] = torch.tensor(ids)
+        completion_mask[n, :len(ids)] = 1
+    return Rollouts(prompt_ids, prompt_mask, base.positions, base.vectors, completion_ids, completion_mask,
+                    torch.zeros(len(rows), dtype=torch.bool), [""] * len(rows), len(tag_ids))
+
+
+def tag_expectation_backward(cfg: RunConfig, model: Any, chunk: Chunk, tag_ids: list[list[int]], pad_id: int,
+                             num_rollouts: int, num_tokens: int) -> None:
+    """`grpo.tag_expectation`: `loss.expected_tag_loss` for the chunk's prompts, backward (gradients accumulate)."""
+    g = chunk.rollouts.num_generations
+    use_info = cfg.reward.target == "informativeness"
+    scored = torch.tensor([bd.brier is not None for bd in chunk.breakdowns])  # [N]
+    targets = torch.tensor([float("nan") if not ok else float(j.informativeness if use_info else j.correct)
+                            for j, ok in zip(chunk.judged, scored.tolist(), strict=True)])  # [N]
+    weights = rollout_weights(cfg.grpo.loss_type, chunk.rollouts.lengths, cfg.sampling.max_new_tokens, num_rollouts,
+                              num_tokens) * scored  # [N]
+    if not bool(scored.any()):
+        return
+    candidates = tag_candidates(chunk, tag_ids, pad_id)
+    device = next(model.parameters()).device
+    # at temperature 1, whatever the sampling temperature: nothing is sampled here, the optimum (all mass on the
+    # X nearest 10·mean target) is the same at any temperature, and a sharpened softmax would starve the gradient
+    with injected_logprobs(model, candidates, 1.0, spec=oracle_spec(cfg),
+                           prefix_shared=cfg.grpo.prefix_shared_forward) as logprobs:  # [B·11, T']
+        per_tag = (logprobs * candidates.completion_mask.to(device, logprobs.dtype)).sum(dim=1)  # [B·11]
+        loss = expected_tag_loss(per_tag.view(-1, len(tag_ids)), targets.view(-1, g), weights.view(-1, g),
+                                 cfg.reward.lam)
+        loss.backward()
+
+
+def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, num_tokens: int,
+           tag_ids: list[list[int]] | None = None, pad_id: int = 0) -> list:
+    """Step 3 (one iteration's backward passes): loss over micro-batches, gradients accumulated; with
+    `tag_ids` (grpo.tag_expectation) also the tag's closed-form term per chunk."""
     stats = []
     device = next(model.parameters()).device
     spec = oracle_spec(cfg)
+    # with tag_expectation the sampled terms of scored rollouts are all 0 (tag and answer): without a KL term such a
+    # row adds nothing to the loss or its gradient, so only the others (parse failures) run the training forward
+    skip_zero = tag_ids is not None and cfg.grpo.beta == 0
     for chunk in chunks:
-        for idx in micro_batches(chunk, cfg.grpo.micro_batch_size):
+        for idx in micro_batches(chunk, cfg.grpo.micro_batch_size,
+                                 needs_forward=nonzero_rows(chunk) if skip_zero else None):
             mb = chunk.rollouts.select(idx)
             t = torch.tensor(idx)
             # backward inside: a checkpointed block is recomputed with its injection hook
@@ -233,6 +310,8 @@ def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, n
                 )
                 loss.backward()
             stats.append(st)
+        if tag_ids is not None:
+            tag_expectation_backward(cfg, model, chunk, tag_ids, pad_id, num_rollouts, num_tokens)
     return stats
 
 
@@ -269,6 +348,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         sampler.load_state_dict(state["sampler"])
         start = int(state["step"])
         print0(f"Resuming from {ckpt} (step {start}).")
+    tag_ids = tag_candidate_ids(tokenizer) if cfg.grpo.tag_expectation else None
     sinks = run_sinks(cfg, run_dir)
     engine = start_engine(cfg, model, tokenizer, run_dir)
     bar = progress_bar(cfg.grpo.max_steps, "grpo", cfg.logging.progress, initial=start)
@@ -293,7 +373,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         with train_without_dropout(model):
             for _ in range(cfg.grpo.num_iterations):  # 3.
                 optimizer.zero_grad(set_to_none=True)
-                loss_stats = update(cfg, model, chunks, num_rollouts, num_tokens)
+                loss_stats = update(cfg, model, chunks, num_rollouts, num_tokens, tag_ids, tokenizer.pad_token_id)
                 all_reduce_gradients(trainable_parameters(model))
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(model), cfg.grpo.max_grad_norm))
                 optimizer.step()
