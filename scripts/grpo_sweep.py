@@ -35,6 +35,8 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     name, sep, rest = text.partition("=")
     if not sep or not name or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"{text!r}: use NAME=key=value,key=value (NAME a plain word)")
+    if name == "sft":
+        raise argparse.ArgumentTypeError(f"{text!r}: the name sft is the format-SFT row's; choose another")
     return name, [o for o in rest.split(",") if o]
 
 

@@ -13,7 +13,8 @@ def test_a_variant_splits_into_its_name_and_overrides():
     assert sw.parse_variant("base=") == ("base", [])
 
 
-@pytest.mark.parametrize("argv", [["--variant", "no_overrides"], ["--variant", "two words=a=1"], []])
+@pytest.mark.parametrize("argv", [["--variant", "no_overrides"], ["--variant", "two words=a=1"],
+                                  ["--variant", "sft=grpo.lr=1e-3"], []])
 def test_a_malformed_or_missing_variant_exits_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         sw.main(argv)
