@@ -20,3 +20,9 @@ def test_a_malformed_or_missing_variant_exits_2(argv, capsys):
         sw.main(argv)
     assert exc.value.code == 2
     assert "--variant" in capsys.readouterr().err
+
+
+def test_the_margin_probes_family_confidence_is_each_familys_accuracy():
+    probe = load_script("answer_margin_probe")
+    assert probe.family_accuracy_confidence(["a", "b", "a", "a", "b"], [True, False, False, True, False]) == [
+        0.7, 0.0, 0.7, 0.7, 0.0]
