@@ -542,16 +542,17 @@ def test_tag_candidates_ask_each_prompt_once_per_tag_value(setup):
 
     cfg, model, tokenizer, chunk = setup
     g = chunk.rollouts.num_generations
-    candidates = grpo.tag_candidates(chunk, tag_candidate_ids(tokenizer), tokenizer.pad_token_id)
+    candidates, shared = grpo.tag_candidates(chunk, tag_candidate_ids(tokenizer), tokenizer.pad_token_id)
     assert candidates.num_generations == 11 and len(candidates.positions) == len(chunk.valid) // g * 11
+    assert shared > 0, "the 11 tags share their opening tokens"
     for n in range(len(candidates.positions)):
         prompt = n // 11 * g  # the first rollout of the candidate's prompt
         assert candidates.positions[n] == chunk.rollouts.positions[prompt]
         torch.testing.assert_close(candidates.vectors[n], chunk.rollouts.vectors[prompt])
+        torch.testing.assert_close(candidates.prompt_ids[n], chunk.rollouts.prompt_ids[prompt])
         ids = candidates.completion_ids[n][candidates.completion_mask[n].bool()]
-        shared = candidates.prompt_ids.shape[1] - chunk.rollouts.prompt_ids.shape[1]  # the tags' common tokens
-        torch.testing.assert_close(candidates.prompt_ids[n, :-shared], chunk.rollouts.prompt_ids[prompt])
-        assert tokenizer.decode(torch.cat([candidates.prompt_ids[n, -shared:], ids])) == f"[epistemic status: {n % 11}]"
+        assert tokenizer.decode(ids) == f"[epistemic status: {n % 11}]"
+        assert tokenizer.decode(ids[:shared]) == tokenizer.decode(candidates.completion_ids[0, :shared])
 
 
 def test_tag_expectation_moves_the_tag_towards_the_judged_targets(setup):
@@ -578,7 +579,7 @@ def test_tag_expectation_moves_the_tag_towards_the_judged_targets(setup):
     x = torch.arange(11) / 10
 
     def expected_value() -> float:  # Σ_i Σ_j scored Σ_X π_i(X)·c(X, t_ij)
-        candidates = grpo.tag_candidates(chunk, tag_ids, tokenizer.pad_token_id)
+        candidates, _ = grpo.tag_candidates(chunk, tag_ids, tokenizer.pad_token_id)
         lp = completion_logprobs(model, candidates, 1.0, spec=oracle_spec(cfg))
         pi = torch.softmax((lp * candidates.completion_mask).sum(dim=1).view(-1, 11), dim=-1)  # [B, 11]
         c = -cfg.reward.lam * (x.view(1, 1, -1) - targets.view(-1, g, 1)) ** 2  # [B, G, 11]
@@ -607,9 +608,49 @@ def test_tag_expectation_moves_the_tag_towards_the_judged_targets(setup):
     assert after > before
 
 
-def test_tag_expectation_runs_a_training_step_end_to_end(sft_adapter, tmp_path):
+def test_format_anchor_alone_raises_the_tags_opening_after_each_prompt(setup):
+    """With λ = 0 the tag term has no gradient, so one SGD step on the chunk's tag backward is the anchor's:
+    it raises log p(`[epistemic status: ` | prompt) for the chunk's prompts; with format_anchor 0 nothing moves."""
+    from grpo_ao.format import tag_candidate_ids
+    from grpo_ao.rollout import completion_logprobs
+
+    cfg, model, tokenizer, chunk = setup
+    tag_ids = tag_candidate_ids(tokenizer)
+    candidates, shared = grpo.tag_candidates(chunk, tag_ids, tokenizer.pad_token_id)
+
+    def opening() -> float:
+        lp = completion_logprobs(model, candidates, 1.0, spec=oracle_spec(cfg))  # [B·11, T']
+        return float(lp[::11, :shared].sum())
+
+    params = trainable_parameters(model)
+    saved = [p.detach().clone() for p in params]
+    n, tokens = len(chunk.valid), int(chunk.rollouts.completion_mask.sum())
+    for anchor in (0.0, 1.0):
+        run_cfg = dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, lam=0.0), grpo=dataclasses.replace(
+            cfg.grpo, advantage_routing="tag", tag_expectation=True, format_anchor=anchor))
+        before = opening()
+        model.zero_grad(set_to_none=True)
+        grpo.tag_expectation_backward(run_cfg, model, chunk, tag_ids, tokenizer.pad_token_id, n, tokens)
+        moved = any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+        assert moved == (anchor > 0)
+        try:
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p -= 20.0 * p.grad
+            if anchor > 0:
+                assert opening() > before
+        finally:
+            with torch.no_grad():
+                for p, old in zip(params, saved):
+                    p.copy_(old)
+            model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("extra", [(), ("grpo.beta=0.1", "grpo.format_anchor=1.0")], ids=["plain", "kl_and_anchor"])
+def test_tag_expectation_runs_a_training_step_end_to_end(sft_adapter, tmp_path, extra):
     cfg = _cfg(sft_adapter, tmp_path / "expect", "grpo.advantage_routing=tag", "grpo.tag_expectation=true",
-               "grpo.max_steps=1")
+               "grpo.max_steps=1", *extra)
     assert grpo.run(cfg)["steps"] == 1
     start, after = _adapter(sft_adapter), _adapter(cfg.run_dir / "checkpoints" / "step-000001" / "adapter")
     assert any(not torch.equal(start[k], after[k]) for k in start), "the step moved the LoRA"

@@ -498,3 +498,46 @@ def test_expected_tag_loss_puts_the_tag_at_ten_times_the_mean_target():
         expected_tag_loss(logits, targets, torch.ones(2, 5), 1.0).backward()
         optimizer.step()
     assert logits.argmax(dim=-1).tolist() == [6, 2]
+
+
+def test_format_anchor_loss_is_the_opening_nll_weighted_by_each_prompts_rollouts():
+    from grpo_ao.loss import format_anchor_loss
+
+    opening = torch.tensor([-0.5, -2.0], requires_grad=True)  # [B] log p(opening | prompt i)
+    weights = torch.tensor([[0.1, 0.2], [0.3, 0.0]])  # [B, G]; prompt weights 0.3 and 0.3
+    loss = format_anchor_loss(opening, weights)
+    _close(loss, 0.3 * 0.5 + 0.3 * 2.0)  # −Σ_i W_i · log p = 0.15 + 0.6
+    loss.backward()
+    _close(opening.grad, [-0.3, -0.3])  # descending raises each opening's logprob
+
+
+def test_kl_mask_keeps_the_kl_off_the_masked_tokens():
+    logprobs = torch.zeros(1, 2, requires_grad=True)
+    ref = torch.full((1, 2), math.log(0.5))
+    k3 = 0.5 - math.log(0.5) - 1  # exp(ref − lp) − (ref − lp) − 1 = 0.1931 per token
+    common = dict(beta=1.0, ref_logprobs=ref, max_new_tokens=2)
+    full, _ = policy_loss(logprobs, None, torch.zeros(1), torch.ones(1, 2), **common)
+    _close(full, 2 * k3 / 2)  # dr_grpo: both tokens' KL over 1 rollout × 2 tokens
+    masked, _ = policy_loss(logprobs, None, torch.zeros(1), torch.ones(1, 2), kl_mask=torch.tensor([[1, 0]]), **common)
+    _close(masked, k3 / 2)  # only the first token's
+    masked.backward()
+    assert logprobs.grad[0, 1] == 0 and logprobs.grad[0, 0] != 0
+
+
+def test_expected_tag_loss_with_entropy_is_stationary_at_the_gibbs_distribution_around_the_target():
+    """With α > 0 the optimum is π(X) ∝ exp(−Σ_j w_j λ(X/10 − t_j)² / (α Σ_j w_j)): same mode, soft tails.
+    Checked as stationarity: the gradient vanishes at those logits, and not at the Gibbs logits of another α."""
+    from grpo_ao.loss import expected_tag_loss
+
+    targets = torch.tensor([[1.0, 1.0, 0.0]])  # mean target 2/3: mode at X = 7
+    weights = torch.tensor([[0.5, 0.5, 0.5]])
+    x = torch.arange(11) / 10
+    brier = ((x.view(-1, 1) - targets.view(1, -1)) ** 2).mean(dim=1)  # [11] E_j (X/10 − t_j)²
+    grads = {}
+    for alpha in (0.01, 0.03):
+        logits = (-brier / 0.01).view(1, 11).clone().requires_grad_(True)  # the Gibbs logits of α = 0.01
+        expected_tag_loss(logits, targets, weights, 1.0, entropy=alpha).backward()
+        grads[alpha] = logits.grad.abs().max().item()
+    assert grads[0.01] < 1e-6 and grads[0.03] > 1e-3
+    gibbs = torch.softmax(-brier / 0.01, dim=0)
+    assert int(gibbs.argmax()) == 7 and 0.1 < float(gibbs[6]) < float(gibbs[7])  # soft, not a point mass

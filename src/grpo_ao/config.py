@@ -111,7 +111,8 @@ class GrpoConfig:
     epsilon_high: float | None = None
     """PPO clip range above 1 (DAPO clip-higher); None = epsilon."""
     beta: float = 0.0
-    """KL penalty (k3 estimator) against the starting adapter; 0 turns it off."""
+    """KL penalty (k3 estimator) against the starting adapter; 0 turns it off. With tag_expectation it applies to
+    every completion token but the tag's (the tag term trains those), so it holds the answers, not the confidence."""
     loss_type: str = "dr_grpo"
     """dr_grpo (token sum / (rollouts × max_new_tokens)) | grpo (per-sequence mean) | dapo (token mean)."""
     scale_rewards: str = "none"
@@ -136,6 +137,15 @@ class GrpoConfig:
     the 11 values of X (`loss.expected_tag_loss`: π(X | prompt) times −λ·(X/10 − target)² for each judged
     rollout's target) instead of crediting the one X each rollout sampled. Same gradient in expectation, no
     sampling noise in X, and a tag whose samples all agree still learns (the sampled advantage is then 0)."""
+    tag_entropy: float = 0.0
+    """With tag_expectation: α, an entropy bonus α·H(π) on the tag's distribution over its 11 values per prompt
+    (`loss.expected_tag_loss`). The best tag stays the same; the distribution stays soft enough for prompts whose
+    targets differ from the batch's to move it (without it the tag sharpened on one value for every prompt).
+    0 turns it off; about 0.01 keeps π(X) ∝ exp(−E[(X/10 − t)²]/α) spread over ±1–2 values."""
+    format_anchor: float = 0.0
+    """With tag_expectation: weight of the negative log-likelihood of the tag's opening `[epistemic status: ` after
+    each prompt (`loss.format_anchor_loss`), added to the tag term so that moving the stated confidence does not
+    move the answer's format (without it the oracle drifted to answering before the tag). 0 turns it off."""
     tis_cap: float = 0.0
     """Truncated importance sampling against the rollout engine's own logprobs: each token's policy-gradient term
     is weighted by min(π_train/π_sampler, tis_cap). 0 turns it off (the gap is still logged as
@@ -168,6 +178,17 @@ class GrpoConfig:
                "every token's weight).")
         require(self.advantage_routing in ADVANTAGE_ROUTINGS,
                f"grpo.advantage_routing={self.advantage_routing!r}; use sequence, split or tag.")
+        require(self.format_anchor >= 0 and math.isfinite(self.format_anchor),
+               f"grpo.format_anchor={self.format_anchor!r}; use a weight >= 0 (0 turns it off).")
+        require(self.tag_entropy >= 0 and math.isfinite(self.tag_entropy),
+               f"grpo.tag_entropy={self.tag_entropy!r}; use a weight >= 0 (0 turns it off).")
+        require(self.tag_entropy == 0 or self.tag_expectation,
+               f"grpo.tag_entropy={self.tag_entropy} is a term of grpo.tag_expectation: set grpo.tag_expectation=true "
+               "(with grpo.advantage_routing=tag or split), or grpo.tag_entropy=0.")
+        require(self.format_anchor == 0 or self.tag_expectation,
+               f"grpo.format_anchor={self.format_anchor} anchors the tag term of grpo.tag_expectation: set "
+               "grpo.tag_expectation=true "
+               "(with grpo.advantage_routing=tag or split), or grpo.format_anchor=0.")
         require(not self.tag_expectation or self.advantage_routing != "sequence",
                "grpo.tag_expectation=true needs the tag trained on its own: set grpo.advantage_routing=tag (or split).")
 

@@ -46,6 +46,7 @@ from grpo_ao.format import parse_epistemic_status, tag_candidate_ids, tag_token_
 from grpo_ao.judge import build_judge
 from grpo_ao.loss import (
     expected_tag_loss,
+    format_anchor_loss,
     group_advantages,
     policy_loss,
     rollout_weights,
@@ -108,13 +109,14 @@ def score_chunk(cfg: RunConfig, tokenizer: Any, index: int, tasks: list, inputs:
     valid = torch.tensor([bd.total is not None for bd in breakdowns])  # [N]
     rewards = torch.tensor([bd.total if bd.total is not None else float("nan") for bd in breakdowns])  # [N]
     advantages = group_advantages(rewards.view(-1, g), valid.view(-1, g), cfg.grpo.scale_rewards).view(-1)  # [N]
-    token_advantages = None
+    token_advantages = tag_mask = None
     if cfg.grpo.advantage_routing != "sequence":
         token_advantages = routed_advantages(tokenizer, rollouts, breakdowns, rewards, valid, cfg.reward.lam,
                                              answer_credit=cfg.grpo.advantage_routing == "split",
                                              tag_credit=not cfg.grpo.tag_expectation)
+        tag_mask = tag_token_mask(tokenizer, rollouts.completion_ids, [bd.brier is not None for bd in breakdowns])
     return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid, token_advantages,
-                 index=index)
+                 tag_mask=tag_mask, index=index)
 
 
 def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, sampler: Any, judge: Any, step: int,
@@ -228,53 +230,55 @@ def micro_batches(chunk: Chunk, size: int, valid_only: bool = True,
     return group_micro_batches(rows, chunk.rollouts.num_generations, size)
 
 
-def tag_candidates(chunk: Chunk, tag_ids: list[list[int]], pad_id: int) -> Rollouts:
-    """Each prompt of `chunk` once per tag value: 11 rows per prompt. The tokens all 11 tags share
-    (`[epistemic status: ` on most tokenizers) are appended to the prompt, so a completion is only what differs
-    (the digits and `]`): the same logprobs up to the shared part, which cancels in `expected_tag_loss`'s softmax."""
+def tag_candidates(chunk: Chunk, tag_ids: list[list[int]], pad_id: int) -> tuple[Rollouts, int]:
+    """Each prompt of `chunk` once per tag value: 11 rows per prompt, each completed by one whole tag
+    `[epistemic status: X]`; and how many leading tokens all 11 tags share (`[epistemic status: ` on most
+    tokenizers). Those shared tokens have the same logprobs in the 11 rows, which cancel in `expected_tag_loss`'s
+    softmax; `grpo.format_anchor` trains them."""
     g = chunk.rollouts.num_generations
     shared = 0
     while all(len(ids) > shared + 1 and ids[shared] == tag_ids[0][shared] for ids in tag_ids):
         shared += 1
-    suffixes = [ids[shared:] for ids in tag_ids]
-    width = max(len(ids) for ids in suffixes)
+    width = max(len(ids) for ids in tag_ids)
     first = list(range(0, len(chunk.valid), g))  # [B] the first row of each prompt
     rows = [i for i in first for _ in tag_ids]  # [B·11]
     base = chunk.rollouts.select(rows)
-    prefix = torch.tensor(tag_ids[0][:shared], dtype=torch.long).expand(len(rows), shared)  # [B·11, S]
-    prompt_ids = torch.cat([base.prompt_ids, prefix], dim=1)  # [B·11, P+S]; left padding: placeholders stay put
-    prompt_mask = torch.cat([base.prompt_mask, torch.ones_like(prefix)], dim=1)  # [B·11, P+S]
     completion_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B·11, T']
     completion_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B·11, T']
     for n in range(len(rows)):
-        ids = suffixes[n % len(suffixes)]
+        ids = tag_ids[n % len(tag_ids)]
         completion_ids[n, :len(ids)] = torch.tensor(ids)
         completion_mask[n, :len(ids)] = 1
-    return Rollouts(prompt_ids, prompt_mask, base.positions, base.vectors, completion_ids, completion_mask,
-                    torch.zeros(len(rows), dtype=torch.bool), [""] * len(rows), len(tag_ids))
+    return Rollouts(base.prompt_ids, base.prompt_mask, base.positions, base.vectors, completion_ids, completion_mask,
+                    torch.zeros(len(rows), dtype=torch.bool), [""] * len(rows), len(tag_ids)), shared
 
 
 def tag_expectation_backward(cfg: RunConfig, model: Any, chunk: Chunk, tag_ids: list[list[int]], pad_id: int,
                              num_rollouts: int, num_tokens: int) -> None:
-    """`grpo.tag_expectation`: `loss.expected_tag_loss` for the chunk's prompts, backward (gradients accumulate)."""
+    """`grpo.tag_expectation`: `loss.expected_tag_loss` for the chunk's prompts, plus `grpo.format_anchor` times
+    `loss.format_anchor_loss` of the tag's opening tokens, backward (gradients accumulate)."""
     g = chunk.rollouts.num_generations
     use_info = cfg.reward.target == "informativeness"
     scored = torch.tensor([bd.brier is not None for bd in chunk.breakdowns])  # [N]
+    if not bool(scored.any()):
+        return
     targets = torch.tensor([float("nan") if not ok else float(j.informativeness if use_info else j.correct)
                             for j, ok in zip(chunk.judged, scored.tolist(), strict=True)])  # [N]
     weights = rollout_weights(cfg.grpo.loss_type, chunk.rollouts.lengths, cfg.sampling.max_new_tokens, num_rollouts,
                               num_tokens) * scored  # [N]
-    if not bool(scored.any()):
-        return
-    candidates = tag_candidates(chunk, tag_ids, pad_id)
+    candidates, shared = tag_candidates(chunk, tag_ids, pad_id)
     device = next(model.parameters()).device
     # at temperature 1, whatever the sampling temperature: nothing is sampled here, the optimum (all mass on the
     # X nearest 10·mean target) is the same at any temperature, and a sharpened softmax would starve the gradient
     with injected_logprobs(model, candidates, 1.0, spec=oracle_spec(cfg),
                            prefix_shared=cfg.grpo.prefix_shared_forward) as logprobs:  # [B·11, T']
-        per_tag = (logprobs * candidates.completion_mask.to(device, logprobs.dtype)).sum(dim=1)  # [B·11]
+        token_lp = logprobs * candidates.completion_mask.to(device, logprobs.dtype)  # [B·11, T']
+        per_tag = token_lp.sum(dim=1)  # [B·11]
         loss = expected_tag_loss(per_tag.view(-1, len(tag_ids)), targets.view(-1, g), weights.view(-1, g),
-                                 cfg.reward.lam)
+                                 cfg.reward.lam, entropy=cfg.grpo.tag_entropy)
+        if cfg.grpo.format_anchor > 0:
+            opening = token_lp[::len(tag_ids), :shared].sum(dim=1)  # [B] the shared opening, once per prompt
+            loss = loss + cfg.grpo.format_anchor * format_anchor_loss(opening, weights.view(-1, g))
         loss.backward()
 
 
@@ -307,6 +311,8 @@ def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, n
                     num_rollouts=num_rollouts, num_tokens=num_tokens,
                     sampling_logprobs=None if mb.sampling_logprobs is None else mb.sampling_logprobs.to(device),
                     tis_cap=cfg.grpo.tis_cap,
+                    # the tag is expectation_backward's: a KL there would pull it back to the starting tags
+                    kl_mask=None if tag_ids is None or chunk.tag_mask is None else ~chunk.tag_mask[t].to(device),
                 )
                 loss.backward()
             stats.append(st)

@@ -23,6 +23,7 @@ class Chunk:
     advantages: torch.Tensor  # [N]
     valid: torch.Tensor  # [N] bool
     token_advantages: torch.Tensor | None = None  # [N, T] with advantage_routing=split or tag
+    tag_mask: torch.Tensor | None = None  # [N, T] bool, the tag's tokens of scored rollouts, with split or tag
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
     index: int = 0
