@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         build_oracle_inputs,
         completion_logprobs,
         generate_rollouts,
+        right_pad,
     )
 
     cfg = load_config(args.config, [f"model.adapter={args.adapter}", "logging.progress=false", *args.overrides])
@@ -66,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         parsed = [parse_epistemic_status(t) for t in generate_rollouts(model, tok, inputs, greedy, spec=spec).texts]
         comps = [tok(format_epistemic_status(q.confidence if q.ok else 5, a), add_special_tokens=False)["input_ids"]
                  for q in parsed for a in ("Yes", "No")]  # [2B] the item's own tag, then each answer
-        width = max(map(len, comps))
-        ids = torch.full((len(comps), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(comps), width), dtype=torch.long)
-        for n, c in enumerate(comps):
-            ids[n, :len(c)], mask[n, :len(c)] = torch.tensor(c), 1
+        ids, mask = right_pad(comps, tok.pad_token_id)  # [2B, T]
         rows = [n // 2 for n in range(len(comps))]
         both = Rollouts(inputs.prompt_ids[rows], inputs.prompt_mask[rows], [inputs.positions[i] for i in rows],
                         [inputs.vectors[i] for i in rows], ids, mask, torch.zeros(len(comps), dtype=torch.bool),

@@ -162,6 +162,7 @@ def test_builtin_adapters_resolve_to_a_peft_directory_inside_the_package():
     ("sampling.min_new_tokens=17", "sampling.min_new_tokens="), ("grpo.tag_expectation=true", "grpo.tag_expectation="),
     ("grpo.format_anchor=-1", "grpo.format_anchor="), ("grpo.format_anchor=1", "grpo.format_anchor="),
     ("grpo.tag_entropy=-0.1", "grpo.tag_entropy="), ("grpo.tag_entropy=0.01", "grpo.tag_entropy="),
+    ("grpo.answer_anchor=-1", "grpo.answer_anchor="), ("grpo.answer_anchor=1", "grpo.answer_anchor="),
 ])
 def test_rollout_engine_and_tis_settings_reject_bad_values_naming_the_field(override, field):
     with pytest.raises(GrpoAoError, match=re.escape(field)):

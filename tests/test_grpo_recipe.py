@@ -647,7 +647,51 @@ def test_format_anchor_alone_raises_the_tags_opening_after_each_prompt(setup):
             model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("extra", [(), ("grpo.beta=0.1", "grpo.format_anchor=1.0")], ids=["plain", "kl_and_anchor"])
+def test_answer_anchor_raises_each_prompts_reference_answer_after_its_tag(setup):
+    """One SGD step of `answer_anchor_backward` raises log p(reference | prompt, `[epistemic status: 5] `) summed over
+    the chunk's prompts, and moves nothing through the tag's own tokens (only the answer's are in the loss)."""
+    from grpo_ao.format import tagged_answer_ids
+    from grpo_ao.rollout import Rollouts, completion_logprobs, right_pad
+
+    cfg, model, tokenizer, chunk = setup
+    g = chunk.rollouts.num_generations
+    anchors = [tagged_answer_ids(tokenizer, 5, task.reference) for task in chunk.tasks]
+    for ids, n_tag in anchors:
+        assert tokenizer.decode(ids[:n_tag]) == "[epistemic status: 5]" and n_tag < len(ids)
+    anchored = dataclasses.replace(chunk, anchors=anchors)
+    base = chunk.rollouts.select(list(range(0, len(chunk.valid), g)))
+    ids, mask = right_pad([a[0] for a in anchors], tokenizer.pad_token_id)
+    rows = Rollouts(base.prompt_ids, base.prompt_mask, base.positions, base.vectors, ids, mask,
+                    torch.zeros(len(anchors), dtype=torch.bool), [""] * len(anchors), 1)
+    answer_mask = torch.stack([(torch.arange(ids.shape[1]) >= n_tag) for _, n_tag in anchors]) & mask.bool()
+
+    def reference_logprob() -> float:
+        lp = completion_logprobs(model, rows, 1.0, spec=oracle_spec(cfg))  # [B, T']
+        return float((lp * answer_mask).sum())
+
+    params = trainable_parameters(model)
+    saved = [p.detach().clone() for p in params]
+    before = reference_logprob()
+    model.zero_grad(set_to_none=True)
+    anchor_cfg = _with(cfg, advantage_routing="tag", tag_expectation=True, answer_anchor=1.0)
+    grpo.answer_anchor_backward(anchor_cfg, model, anchored, torch.ones(len(anchors), g), tokenizer.pad_token_id)
+    try:
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None))
+        assert norm > 0
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p -= 1e-3 * p.grad / norm  # a small step along the gradient
+        assert reference_logprob() > before
+    finally:
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
+        model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("extra", [(), ("grpo.beta=0.1", "grpo.format_anchor=1.0", "grpo.answer_anchor=1.0")],
+                         ids=["plain", "kl_and_anchors"])
 def test_tag_expectation_runs_a_training_step_end_to_end(sft_adapter, tmp_path, extra):
     cfg = _cfg(sft_adapter, tmp_path / "expect", "grpo.advantage_routing=tag", "grpo.tag_expectation=true",
                "grpo.max_steps=1", *extra)

@@ -500,12 +500,12 @@ def test_expected_tag_loss_puts_the_tag_at_ten_times_the_mean_target():
     assert logits.argmax(dim=-1).tolist() == [6, 2]
 
 
-def test_format_anchor_loss_is_the_opening_nll_weighted_by_each_prompts_rollouts():
-    from grpo_ao.loss import format_anchor_loss
+def test_anchor_loss_is_the_nll_weighted_by_each_prompts_rollouts():
+    from grpo_ao.loss import anchor_loss
 
     opening = torch.tensor([-0.5, -2.0], requires_grad=True)  # [B] log p(opening | prompt i)
     weights = torch.tensor([[0.1, 0.2], [0.3, 0.0]])  # [B, G]; prompt weights 0.3 and 0.3
-    loss = format_anchor_loss(opening, weights)
+    loss = anchor_loss(opening, weights)
     _close(loss, 0.3 * 0.5 + 0.3 * 2.0)  # −Σ_i W_i · log p = 0.15 + 0.6
     loss.backward()
     _close(opening.grad, [-0.3, -0.3])  # descending raises each opening's logprob

@@ -146,6 +146,11 @@ class GrpoConfig:
     """With tag_expectation: weight of the negative log-likelihood of the tag's opening `[epistemic status: ` after
     each prompt (`loss.format_anchor_loss`), added to the tag term so that moving the stated confidence does not
     move the answer's format (without it the oracle drifted to answering before the tag). 0 turns it off."""
+    answer_anchor: float = 0.0
+    """With tag_expectation: weight of the teacher-forced negative log-likelihood of each prompt's reference answer
+    after its tag (`loss.anchor_loss`; the AO pretraining objective kept on, like InstructGPT's "ptx" term), so that
+    moving the stated confidence does not move the answers (without it the oracle's global Yes/No bias swung
+    within 30 steps and it stopped reading). Prompts without a reference are skipped. 0 turns it off."""
     tis_cap: float = 0.0
     """Truncated importance sampling against the rollout engine's own logprobs: each token's policy-gradient term
     is weighted by min(π_train/π_sampler, tis_cap). 0 turns it off (the gap is still logged as
@@ -185,6 +190,11 @@ class GrpoConfig:
         require(self.tag_entropy == 0 or self.tag_expectation,
                f"grpo.tag_entropy={self.tag_entropy} is a term of grpo.tag_expectation: set grpo.tag_expectation=true "
                "(with grpo.advantage_routing=tag or split), or grpo.tag_entropy=0.")
+        require(self.answer_anchor >= 0 and math.isfinite(self.answer_anchor),
+               f"grpo.answer_anchor={self.answer_anchor!r}; use a weight >= 0 (0 turns it off).")
+        require(self.answer_anchor == 0 or self.tag_expectation,
+               f"grpo.answer_anchor={self.answer_anchor} anchors the answers while grpo.tag_expectation trains the "
+               "tag: set grpo.tag_expectation=true (with grpo.advantage_routing=tag or split), or grpo.answer_anchor=0.")
         require(self.format_anchor == 0 or self.tag_expectation,
                f"grpo.format_anchor={self.format_anchor} anchors the tag term of grpo.tag_expectation: set "
                "grpo.tag_expectation=true "

@@ -241,6 +241,19 @@ def tag_candidate_ids(tokenizer: Any) -> list[list[int]]:
     return out
 
 
+def tagged_answer_ids(tokenizer: Any, confidence: int, answer: str) -> tuple[list[int], int]:
+    """The token ids of `[epistemic status: X] answer` and how many of them spell the tag (the rest: the answer).
+
+    The tag's own ids are a prefix of the whole (`tag_candidate_ids` checks that the tokenizer does not merge them).
+    """
+    tag = tokenizer(format_epistemic_status(confidence, "").rstrip(), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(format_epistemic_status(confidence, answer), add_special_tokens=False)["input_ids"]
+    if ids[:len(tag)] != tag:
+        raise GrpoAoError(f"this tokenizer merges the tag {format_epistemic_status(confidence, '')!r} with the answer "
+                          f"{answer!r} after it: use grpo.answer_anchor=0.")
+    return ids, len(tag)
+
+
 def tag_token_mask(tokenizer: Any, completion_ids: torch.Tensor, parsed_ok: list[bool]) -> torch.Tensor:
     """Which completion tokens spell the `[epistemic status: X]` tag: the shortest prefix of a parsed
     completion whose decoded text contains the whole tag (the token holding "]" included).  [N, T] -> [N, T] bool

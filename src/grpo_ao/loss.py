@@ -195,24 +195,25 @@ def expected_tag_loss(candidate_logprobs: Tensor, targets: Tensor, weights: Tens
     return loss
 
 
-def format_anchor_loss(opening_logprobs: Tensor, weights: Tensor) -> Tensor:
-    """Negative log-likelihood of the tag's opening tokens (`[epistemic status: `) after each prompt, weighted
-    like the prompt's rollouts (`grpo.format_anchor`, with `grpo.tag_expectation`).
+def anchor_loss(logprobs: Tensor, weights: Tensor) -> Tensor:
+    """Negative log-likelihood of fixed tokens after each prompt, weighted like the prompt's rollouts: the anchors
+    of `grpo.tag_expectation` (`grpo.format_anchor`: the tag's opening `[epistemic status: `; `grpo.answer_anchor`:
+    the reference answer after the tag, the AO pretraining objective kept on as InstructGPT's "ptx" term).
 
-        L = −Σ_i (Σ_j w_ij) · log p(opening | prompt i)
+        L = −Σ_i (Σ_j w_ij) · log p(anchor tokens | prompt i)
 
-    Why: the tag term moves the shared LoRA, and nothing else holds the answer's first tokens where they were
-    (measured: after 40 steps of the tag term alone the oracle began its answers with "No [epistemic status: ...").
-    The opening is the format SFT's own, so this term is ~0 until the format drifts.
+    Why: the tag term moves the shared LoRA, and nothing else holds the rest of the answer where it was (measured
+    on SmolLM2: without the opening the oracle began answering before the tag; without the answer its global
+    Yes/No bias swung from 21 % to 55 % to 0 % "Yes" within 30 steps).
 
     Args:
-        opening_logprobs: [B] summed logprobs of the opening tokens after prompt i.
+        logprobs: [B] summed logprobs of prompt i's anchor tokens.
         weights: [B, G] ≥ 0, the aggregation weight of each rollout (`rollout_weights`), 0 where not scored.
     Returns:
         The scalar loss.  []
     """
-    w = weights.to(opening_logprobs.device, torch.float32).sum(dim=1)  # [B]
-    return -(w * opening_logprobs.float()).sum()
+    w = weights.to(logprobs.device, torch.float32).sum(dim=1)  # [B]
+    return -(w * logprobs.float()).sum()
 
 
 class _TokenLogprobs(torch.autograd.Function):

@@ -170,6 +170,23 @@ def oracle_inputs(tokenizer: Any, tasks: Sequence[Any], layers: Sequence[int], v
     return OracleInputs(prompt_ids, prompt_mask, positions, list(vectors), list(layers))
 
 
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists right-padded to the longest: ids and a mask of the real tokens.  -> [N, T], [N, T] (long)
+
+    >>> right_pad([[5, 6], [7]], 0)
+    (tensor([[5, 6],
+            [7, 0]]), tensor([[1, 1],
+            [1, 0]]))
+    """
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [N, T]
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [N, T]
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
 def teacher_forcing_rollouts(prompts: Sequence[Any], targets: Sequence[Sequence[int]], vectors: Sequence[torch.Tensor],
                              texts: Sequence[str], pad_id: int) -> Rollouts:
     """A batch for a teacher-forced loss (format SFT, AO pretraining): the rendered `OraclePrompt`s left-padded,
@@ -178,12 +195,7 @@ def teacher_forcing_rollouts(prompts: Sequence[Any], targets: Sequence[Sequence[
     Returns Rollouts with completion_ids / completion_mask [N, T], T = the longest target.
     """
     prompt_ids, prompt_mask, positions = left_pad(list(prompts), pad_id)  # [N, P], [N, P]
-    width = max(len(t) for t in targets)
-    completion_ids = torch.full((len(targets), width), pad_id, dtype=torch.long)  # [N, T]
-    completion_mask = torch.zeros((len(targets), width), dtype=torch.long)  # [N, T]
-    for i, t in enumerate(targets):
-        completion_ids[i, :len(t)] = torch.tensor(list(t))
-        completion_mask[i, :len(t)] = 1
+    completion_ids, completion_mask = right_pad(targets, pad_id)  # [N, T], [N, T]
     return Rollouts(prompt_ids, prompt_mask, positions, list(vectors), completion_ids, completion_mask,
                     torch.zeros(len(targets), dtype=torch.bool), list(texts), 1)
 

@@ -42,11 +42,11 @@ from grpo_ao.distributed import (
 )
 from grpo_ao.engine import build_engine
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.format import parse_epistemic_status, tag_candidate_ids, tag_token_mask
+from grpo_ao.format import parse_epistemic_status, tag_candidate_ids, tag_token_mask, tagged_answer_ids
 from grpo_ao.judge import build_judge
 from grpo_ao.loss import (
+    anchor_loss,
     expected_tag_loss,
-    format_anchor_loss,
     group_advantages,
     policy_loss,
     rollout_weights,
@@ -83,6 +83,7 @@ from grpo_ao.rollout import (
     completion_logprobs,
     group_micro_batches,
     injected_logprobs,
+    right_pad,
 )
 
 REFERENCE_ADAPTER = "reference"
@@ -115,8 +116,13 @@ def score_chunk(cfg: RunConfig, tokenizer: Any, index: int, tasks: list, inputs:
                                              answer_credit=cfg.grpo.advantage_routing == "split",
                                              tag_credit=not cfg.grpo.tag_expectation)
         tag_mask = tag_token_mask(tokenizer, rollouts.completion_ids, [bd.brier is not None for bd in breakdowns])
+    anchors = None
+    if cfg.grpo.answer_anchor > 0:
+        tags = [next((q.confidence for q in parsed[i:i + g] if q.ok), 5) for i in range(0, len(parsed), g)]  # [B]
+        anchors = [None if task.reference is None else tagged_answer_ids(tokenizer, x, task.reference)
+                   for task, x in zip(tasks, tags, strict=True)]
     return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid, token_advantages,
-                 tag_mask=tag_mask, index=index)
+                 tag_mask=tag_mask, anchors=anchors, index=index)
 
 
 def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, sampler: Any, judge: Any, step: int,
@@ -239,16 +245,11 @@ def tag_candidates(chunk: Chunk, tag_ids: list[list[int]], pad_id: int) -> tuple
     shared = 0
     while all(len(ids) > shared + 1 and ids[shared] == tag_ids[0][shared] for ids in tag_ids):
         shared += 1
-    width = max(len(ids) for ids in tag_ids)
     first = list(range(0, len(chunk.valid), g))  # [B] the first row of each prompt
     rows = [i for i in first for _ in tag_ids]  # [B·11]
     base = chunk.rollouts.select(rows)
-    completion_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B·11, T']
-    completion_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B·11, T']
-    for n in range(len(rows)):
-        ids = tag_ids[n % len(tag_ids)]
-        completion_ids[n, :len(ids)] = torch.tensor(ids)
-        completion_mask[n, :len(ids)] = 1
+    completion_ids, completion_mask = right_pad([tag_ids[n % len(tag_ids)] for n in range(len(rows))],
+                                                pad_id)  # [B·11, T'], [B·11, T']
     return Rollouts(base.prompt_ids, base.prompt_mask, base.positions, base.vectors, completion_ids, completion_mask,
                     torch.zeros(len(rows), dtype=torch.bool), [""] * len(rows), len(tag_ids)), shared
 
@@ -278,7 +279,31 @@ def tag_expectation_backward(cfg: RunConfig, model: Any, chunk: Chunk, tag_ids: 
                                  cfg.reward.lam, entropy=cfg.grpo.tag_entropy)
         if cfg.grpo.format_anchor > 0:
             opening = token_lp[::len(tag_ids), :shared].sum(dim=1)  # [B] the shared opening, once per prompt
-            loss = loss + cfg.grpo.format_anchor * format_anchor_loss(opening, weights.view(-1, g))
+            loss = loss + cfg.grpo.format_anchor * anchor_loss(opening, weights.view(-1, g))
+        loss.backward()
+    if chunk.anchors is not None:
+        answer_anchor_backward(cfg, model, chunk, weights.view(-1, g), pad_id)
+
+
+def answer_anchor_backward(cfg: RunConfig, model: Any, chunk: Chunk, weights: torch.Tensor, pad_id: int) -> None:
+    """`grpo.answer_anchor`: the teacher-forced reference answer after each prompt's tag, `loss.anchor_loss` over
+    the answer tokens only (the tag is the expectation's), backward.  weights: [B, G]"""
+    prompts = [i for i, a in enumerate(chunk.anchors) if a is not None]  # prompts with a reference
+    if not prompts:
+        return
+    g = chunk.rollouts.num_generations
+    base = chunk.rollouts.select([i * g for i in prompts])
+    ids, mask = right_pad([chunk.anchors[i][0] for i in prompts], pad_id)  # [n, T'], [n, T']
+    answer_mask = mask.clone()  # [n, T']
+    for n, i in enumerate(prompts):
+        answer_mask[n, :chunk.anchors[i][1]] = 0  # the tag's tokens
+    rows = Rollouts(base.prompt_ids, base.prompt_mask, base.positions, base.vectors, ids, mask,
+                    torch.zeros(len(prompts), dtype=torch.bool), [""] * len(prompts), 1)
+    device = next(model.parameters()).device
+    with injected_logprobs(model, rows, 1.0, spec=oracle_spec(cfg),
+                           prefix_shared=cfg.grpo.prefix_shared_forward) as logprobs:  # [n, T']
+        answer = (logprobs * answer_mask.to(device, logprobs.dtype)).sum(dim=1)  # [n]
+        loss = cfg.grpo.answer_anchor * anchor_loss(answer, weights[prompts])
         loss.backward()
 
 

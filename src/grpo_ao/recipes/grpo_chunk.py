@@ -24,6 +24,9 @@ class Chunk:
     valid: torch.Tensor  # [N] bool
     token_advantages: torch.Tensor | None = None  # [N, T] with advantage_routing=split or tag
     tag_mask: torch.Tensor | None = None  # [N, T] bool, the tag's tokens of scored rollouts, with split or tag
+    anchors: list | None = None
+    """grpo.answer_anchor: per prompt, (ids of `[epistemic status: X] reference`, how many spell the tag), X the
+    prompt's first parsed rollout's tag (else 5); None for a prompt without a reference."""
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
     index: int = 0
