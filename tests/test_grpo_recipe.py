@@ -6,6 +6,7 @@ Every run starts from the session's format-SFT'd adapter (`sft_adapter` in conft
 LoRA never writes the tag, so all its rewards are equal and nothing would move.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -227,6 +228,24 @@ def _chunk(chunk, rewards=None, valid=None, **fields):
     valid = torch.ones(n, dtype=torch.bool) if valid is None else valid
     adv = group_advantages(rewards.view(-1, g), valid.view(-1, g)).view(-1)  # [N]
     return dataclasses.replace(chunk, advantages=adv, valid=valid, **fields)
+
+
+@contextlib.contextmanager
+def _gradient_step(params, scale):
+    """Apply p -= scale · p.grad to the LoRA parameters inside the block, then restore them and clear the grads."""
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p -= scale * p.grad
+        yield
+    finally:
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
+            for p in params:
+                p.grad = None
 
 
 def _grads(cfg, model, chunks, num_rollouts=None):
@@ -586,7 +605,6 @@ def test_tag_expectation_moves_the_tag_towards_the_judged_targets(setup):
         return float((pi.unsqueeze(1) * c * scored.view(-1, g, 1)).sum())
 
     params = trainable_parameters(model)
-    saved = [p.detach().clone() for p in params]
     before = expected_value()
     model.zero_grad(set_to_none=True)
     n = len(chunk.valid)
@@ -594,17 +612,8 @@ def test_tag_expectation_moves_the_tag_towards_the_judged_targets(setup):
                                   int(chunk.rollouts.completion_mask.sum()))
     grads = [p.grad for p in params if p.grad is not None]
     assert grads and any(gr.abs().sum() > 0 for gr in grads)
-    with torch.no_grad():
-        for p in params:
-            if p.grad is not None:
-                p -= 20.0 * p.grad
-    try:
+    with _gradient_step(params, 20.0):
         after = expected_value()
-    finally:
-        with torch.no_grad():
-            for p, old in zip(params, saved):
-                p.copy_(old)
-        model.zero_grad(set_to_none=True)
     assert after > before
 
 
@@ -623,7 +632,6 @@ def test_format_anchor_alone_raises_the_tags_opening_after_each_prompt(setup):
         return float(lp[::11, :shared].sum())
 
     params = trainable_parameters(model)
-    saved = [p.detach().clone() for p in params]
     n, tokens = len(chunk.valid), int(chunk.rollouts.completion_mask.sum())
     for anchor in (0.0, 1.0):
         run_cfg = dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, lam=0.0), grpo=dataclasses.replace(
@@ -633,18 +641,9 @@ def test_format_anchor_alone_raises_the_tags_opening_after_each_prompt(setup):
         grpo.tag_expectation_backward(run_cfg, model, chunk, tag_ids, tokenizer.pad_token_id, n, tokens)
         moved = any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
         assert moved == (anchor > 0)
-        try:
-            with torch.no_grad():
-                for p in params:
-                    if p.grad is not None:
-                        p -= 20.0 * p.grad
+        with _gradient_step(params, 20.0):
             if anchor > 0:
                 assert opening() > before
-        finally:
-            with torch.no_grad():
-                for p, old in zip(params, saved):
-                    p.copy_(old)
-            model.zero_grad(set_to_none=True)
 
 
 def test_answer_anchor_raises_each_prompts_reference_answer_after_its_tag(setup):
@@ -670,24 +669,14 @@ def test_answer_anchor_raises_each_prompts_reference_answer_after_its_tag(setup)
         return float((lp * answer_mask).sum())
 
     params = trainable_parameters(model)
-    saved = [p.detach().clone() for p in params]
     before = reference_logprob()
     model.zero_grad(set_to_none=True)
     anchor_cfg = _with(cfg, advantage_routing="tag", tag_expectation=True, answer_anchor=1.0)
     grpo.answer_anchor_backward(anchor_cfg, model, anchored, torch.ones(len(anchors), g), tokenizer.pad_token_id)
-    try:
-        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None))
-        assert norm > 0
-        with torch.no_grad():
-            for p in params:
-                if p.grad is not None:
-                    p -= 1e-3 * p.grad / norm  # a small step along the gradient
+    norm = float(torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None)))
+    assert norm > 0
+    with _gradient_step(params, 1e-3 / norm):  # a small step along the gradient
         assert reference_logprob() > before
-    finally:
-        with torch.no_grad():
-            for p, old in zip(params, saved):
-                p.copy_(old)
-        model.zero_grad(set_to_none=True)
 
 
 @pytest.mark.parametrize("extra", [(), ("grpo.beta=0.1", "grpo.format_anchor=1.0", "grpo.answer_anchor=1.0")],
