@@ -26,3 +26,22 @@ def test_the_margin_probes_family_confidence_is_each_familys_accuracy():
     probe = load_script("answer_margin_probe")
     assert probe.family_accuracy_confidence(["a", "b", "a", "a", "b"], [True, False, False, True, False]) == [
         0.7, 0.0, 0.7, 0.7, 0.0]
+
+
+def test_the_forced_tag_probe_draws_grpos_tasks_and_scores_every_forced_tag(sft_adapter, tmp_path):
+    import json
+
+    from grpo_ao.data import load_examples
+    from grpo_ao.data.config import DataConfig
+
+    probe = load_script("forced_tag_probe")
+    out = tmp_path / "draws.jsonl"
+    assert probe.draw_tasks("tiny", "builtin", 12, str(out)) == 12
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 and all(len(r["questions"]) == 1 and r["questions"][0]["family"] for r in rows)
+    assert all(r["questions"][0]["family"] in r["labels"] for r in rows), "the drawn context keeps its labels"
+    assert len(load_examples(DataConfig(source=str(out)))) == 12  # a valid data source
+    scores = probe.forced_tag_answers("tiny", str(sft_adapter), [1, 9])
+    assert sorted(scores) == [1, 9]
+    for acc, yes, n in scores.values():
+        assert n > 0 and 0 <= acc <= 1 and 0 <= yes <= 1
