@@ -144,7 +144,7 @@ class GrpoConfig:
     0 turns it off; about 0.01 keeps π(X) ∝ exp(−E[(X/10 − t)²]/α) spread over ±1–2 values."""
     format_anchor: float = 0.0
     """With tag_expectation: weight of the negative log-likelihood of the tag's opening `[epistemic status: ` after
-    each prompt (`loss.format_anchor_loss`), added to the tag term so that moving the stated confidence does not
+    each prompt (`loss.anchor_loss`), added to the tag term so that moving the stated confidence does not
     move the answer's format (without it the oracle drifted to answering before the tag). 0 turns it off."""
     answer_anchor: float = 0.0
     """With tag_expectation: weight of the teacher-forced negative log-likelihood of each prompt's reference answer

@@ -257,7 +257,8 @@ def tag_candidates(chunk: Chunk, tag_ids: list[list[int]], pad_id: int) -> tuple
 def tag_expectation_backward(cfg: RunConfig, model: Any, chunk: Chunk, tag_ids: list[list[int]], pad_id: int,
                              num_rollouts: int, num_tokens: int) -> None:
     """`grpo.tag_expectation`: `loss.expected_tag_loss` for the chunk's prompts, plus `grpo.format_anchor` times
-    `loss.format_anchor_loss` of the tag's opening tokens, backward (gradients accumulate)."""
+    `loss.anchor_loss` of the tag's opening tokens and, with `grpo.answer_anchor`, `answer_anchor_backward`;
+    backward (gradients accumulate)."""
     g = chunk.rollouts.num_generations
     use_info = cfg.reward.target == "informativeness"
     scored = torch.tensor([bd.brier is not None for bd in chunk.breakdowns])  # [N]
