@@ -231,27 +231,25 @@ def tag_candidate_ids(tokenizer: Any) -> list[list[int]]:
     answer (`format_epistemic_status`'s spelling; the tag is split off its answer by the space before it)."""
     out = []
     for x in range(11):
-        tag = format_epistemic_status(x, "").rstrip()
-        ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
-        with_answer = tokenizer(format_epistemic_status(x, "Yes"), add_special_tokens=False)["input_ids"]
-        if with_answer[:len(ids)] != ids:
-            raise GrpoAoError(f"this tokenizer merges the tag {tag!r} with the answer after it, so the tag has no "
-                              "tokens of its own: use grpo.tag_expectation=false.")
-        out.append(ids)
+        ids, n_tag = tagged_answer_ids(tokenizer, x, "Yes")
+        out.append(ids[:n_tag])
     return out
 
 
 def tagged_answer_ids(tokenizer: Any, confidence: int, answer: str) -> tuple[list[int], int]:
     """The token ids of `[epistemic status: X] answer` and how many of them spell the tag (the rest: the answer).
 
-    The tag's own ids are a prefix of the whole (`tag_candidate_ids` checks that the tokenizer does not merge them).
+    Raises:
+        GrpoAoError: the tokenizer merges the tag with the answer, so the tag has no tokens of its own (what
+            `grpo.tag_expectation` and its anchors train).
     """
-    tag = tokenizer(format_epistemic_status(confidence, "").rstrip(), add_special_tokens=False)["input_ids"]
+    tag = format_epistemic_status(confidence, "").rstrip()
+    tag_ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
     ids = tokenizer(format_epistemic_status(confidence, answer), add_special_tokens=False)["input_ids"]
-    if ids[:len(tag)] != tag:
-        raise GrpoAoError(f"this tokenizer merges the tag {format_epistemic_status(confidence, '')!r} with the answer "
-                          f"{answer!r} after it: use grpo.answer_anchor=0.")
-    return ids, len(tag)
+    if ids[:len(tag_ids)] != tag_ids:
+        raise GrpoAoError(f"this tokenizer merges the tag {tag!r} with the answer {answer!r} after it, so the tag has "
+                          "no tokens of its own: use grpo.tag_expectation=false.")
+    return ids, len(tag_ids)
 
 
 def tag_token_mask(tokenizer: Any, completion_ids: torch.Tensor, parsed_ok: list[bool]) -> torch.Tensor:
