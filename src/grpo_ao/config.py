@@ -183,22 +183,12 @@ class GrpoConfig:
                "every token's weight).")
         require(self.advantage_routing in ADVANTAGE_ROUTINGS,
                f"grpo.advantage_routing={self.advantage_routing!r}; use sequence, split or tag.")
-        require(self.format_anchor >= 0 and math.isfinite(self.format_anchor),
-               f"grpo.format_anchor={self.format_anchor!r}; use a weight >= 0 (0 turns it off).")
-        require(self.tag_entropy >= 0 and math.isfinite(self.tag_entropy),
-               f"grpo.tag_entropy={self.tag_entropy!r}; use a weight >= 0 (0 turns it off).")
-        require(self.tag_entropy == 0 or self.tag_expectation,
-               f"grpo.tag_entropy={self.tag_entropy} is a term of grpo.tag_expectation: set grpo.tag_expectation=true "
-               "(with grpo.advantage_routing=tag or split), or grpo.tag_entropy=0.")
-        require(self.answer_anchor >= 0 and math.isfinite(self.answer_anchor),
-               f"grpo.answer_anchor={self.answer_anchor!r}; use a weight >= 0 (0 turns it off).")
-        require(self.answer_anchor == 0 or self.tag_expectation,
-               f"grpo.answer_anchor={self.answer_anchor} anchors the answers while grpo.tag_expectation trains the "
-               "tag: set grpo.tag_expectation=true (with grpo.advantage_routing=tag or split), or grpo.answer_anchor=0.")
-        require(self.format_anchor == 0 or self.tag_expectation,
-               f"grpo.format_anchor={self.format_anchor} anchors the tag term of grpo.tag_expectation: set "
-               "grpo.tag_expectation=true "
-               "(with grpo.advantage_routing=tag or split), or grpo.format_anchor=0.")
+        for name in ("tag_entropy", "format_anchor", "answer_anchor"):  # the terms of tag_expectation
+            value = getattr(self, name)
+            require(value >= 0 and math.isfinite(value), f"grpo.{name}={value!r}; use a weight >= 0 (0 turns it off).")
+            require(value == 0 or self.tag_expectation,
+                   f"grpo.{name}={value} is a term of grpo.tag_expectation: set grpo.tag_expectation=true (with "
+                   f"grpo.advantage_routing=tag or split), or grpo.{name}=0.")
         require(not self.tag_expectation or self.advantage_routing != "sequence",
                "grpo.tag_expectation=true needs the tag trained on its own: set grpo.advantage_routing=tag (or split).")
 

@@ -112,10 +112,10 @@ def score_chunk(cfg: RunConfig, tokenizer: Any, index: int, tasks: list, inputs:
     advantages = group_advantages(rewards.view(-1, g), valid.view(-1, g), cfg.grpo.scale_rewards).view(-1)  # [N]
     token_advantages = tag_mask = None
     if cfg.grpo.advantage_routing != "sequence":
+        tag_mask = tag_token_mask(tokenizer, rollouts.completion_ids, [bd.brier is not None for bd in breakdowns])
         token_advantages = routed_advantages(tokenizer, rollouts, breakdowns, rewards, valid, cfg.reward.lam,
                                              answer_credit=cfg.grpo.advantage_routing == "split",
-                                             tag_credit=not cfg.grpo.tag_expectation)
-        tag_mask = tag_token_mask(tokenizer, rollouts.completion_ids, [bd.brier is not None for bd in breakdowns])
+                                             tag_credit=not cfg.grpo.tag_expectation, tag_mask=tag_mask)
     anchors = None
     if cfg.grpo.answer_anchor > 0:
         tags = [next((q.confidence for q in parsed[i:i + g] if q.ok), 5) for i in range(0, len(parsed), g)]  # [B]
@@ -163,11 +163,12 @@ def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, samp
 
 def routed_advantages(tokenizer: Any, rollouts: Rollouts, breakdowns: list, rewards: torch.Tensor,
                       valid: torch.Tensor, lam: float, answer_credit: bool = True,
-                      tag_credit: bool = True) -> torch.Tensor:
+                      tag_credit: bool = True, tag_mask: torch.Tensor | None = None) -> torch.Tensor:
     """`grpo.advantage_routing=split`: tag tokens get the calibration part's group advantage, answer tokens
     the informativeness part's (`loss.split_advantages`); `=tag` (answer_credit False): the answer tokens of a
     parsed and judged rollout get 0 instead; `grpo.tag_expectation` (tag_credit False): so do its tag tokens,
-    whose term is then `loss.expected_tag_loss`.  -> [N, T]"""
+    whose term is then `loss.expected_tag_loss`. `tag_mask`: the scored rollouts' `tag_token_mask` where the caller
+    has it already.  -> [N, T]"""
     g = rollouts.num_generations
     scored = torch.tensor([bd.brier is not None for bd in breakdowns])  # [N] parsed and judged
     info = torch.tensor([bd.info + bd.bonus if bd.brier is not None else 0.0 for bd in breakdowns])  # [N]
@@ -178,7 +179,8 @@ def routed_advantages(tokenizer: Any, rollouts: Rollouts, breakdowns: list, rewa
         answer_adv = torch.where(scored.view(-1, g), torch.zeros_like(answer_adv), answer_adv)  # [B, G]
     if not tag_credit:
         tag_adv = torch.where(scored.view(-1, g), torch.zeros_like(tag_adv), tag_adv)  # [B, G]
-    tag_mask = tag_token_mask(tokenizer, rollouts.completion_ids, scored.tolist())  # [N, T]
+    if tag_mask is None:
+        tag_mask = tag_token_mask(tokenizer, rollouts.completion_ids, scored.tolist())  # [N, T]
     return route_advantages(tag_adv.view(-1), answer_adv.view(-1), tag_mask)  # [N, T]
 
 
