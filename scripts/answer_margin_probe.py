@@ -31,6 +31,26 @@ def family_accuracy_confidence(families: list[str], correct: list[bool]) -> list
     return [round(sum(per[f]) / len(per[f]), 1) for f in families]
 
 
+def yes_no_logprobs(model, tok, inputs, tags: list[int], spec):
+    """log p(Yes) and log p(No) of each prompt of `inputs` after its tag: `[epistemic status: X] Yes` / `No`
+    teacher-forced, the answer token's logprob.  -> [B, 2]"""
+    import torch
+
+    from grpo_ao.format import format_epistemic_status
+    from grpo_ao.rollout import Rollouts, completion_logprobs, right_pad
+
+    comps = [tok(format_epistemic_status(x, a), add_special_tokens=False)["input_ids"]
+             for x in tags for a in ("Yes", "No")]  # [2B] each prompt's tag, then each answer
+    ids, mask = right_pad(comps, tok.pad_token_id)  # [2B, T]
+    rows = [n // 2 for n in range(len(comps))]
+    both = Rollouts(inputs.prompt_ids[rows], inputs.prompt_mask[rows], [inputs.positions[i] for i in rows],
+                    [inputs.vectors[i] for i in rows], ids, mask, torch.zeros(len(comps), dtype=torch.bool),
+                    [""] * len(comps), 2)
+    with torch.no_grad():
+        lp = completion_logprobs(model, both, 1.0, spec=spec)  # [2B, T]
+    return lp[torch.arange(len(comps)), mask.sum(dim=1) - 1].view(-1, 2)  # [B, 2]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
@@ -38,22 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapter", required=True, help="the oracle adapter to probe (e.g. a format-SFT checkpoint)")
     args = p.parse_args(argv)
 
-    import torch
-
     from grpo_ao.calibration import auroc, auroc_within_groups, expected_calibration_error
     from grpo_ao.config import load_config
-    from grpo_ao.format import format_epistemic_status, parse_epistemic_status
+    from grpo_ao.format import parse_epistemic_status
     from grpo_ao.grading import grade
     from grpo_ao.recipes import evaluate
     from grpo_ao.recipes.setup import load_oracle, oracle_spec
-    from grpo_ao.rollout import (
-        Rollouts,
-        SamplingConfig,
-        build_oracle_inputs,
-        completion_logprobs,
-        generate_rollouts,
-        right_pad,
-    )
+    from grpo_ao.rollout import SamplingConfig, build_oracle_inputs, generate_rollouts
 
     cfg = load_config(args.config, [f"model.adapter={args.adapter}", "logging.progress=false", *args.overrides])
     model, tok = load_oracle(cfg)
@@ -65,15 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         chunk = tasks[start:start + cfg.eval.batch_size]
         inputs = build_oracle_inputs(model, tok, chunk, spec=spec)
         parsed = [parse_epistemic_status(t) for t in generate_rollouts(model, tok, inputs, greedy, spec=spec).texts]
-        comps = [tok(format_epistemic_status(q.confidence if q.ok else 5, a), add_special_tokens=False)["input_ids"]
-                 for q in parsed for a in ("Yes", "No")]  # [2B] the item's own tag, then each answer
-        ids, mask = right_pad(comps, tok.pad_token_id)  # [2B, T]
-        rows = [n // 2 for n in range(len(comps))]
-        both = Rollouts(inputs.prompt_ids[rows], inputs.prompt_mask[rows], [inputs.positions[i] for i in rows],
-                        [inputs.vectors[i] for i in rows], ids, mask, torch.zeros(len(comps), dtype=torch.bool),
-                        [""] * len(comps), 2)
-        lp = completion_logprobs(model, both, 1.0, spec=spec)  # [2B, T]
-        answer = lp[torch.arange(len(comps)), mask.sum(dim=1) - 1].view(-1, 2)  # [B, 2] log p(Yes), log p(No)
+        answer = yes_no_logprobs(model, tok, inputs, [q.confidence if q.ok else 5 for q in parsed], spec)  # [B, 2]
         for task, q, (yes, no) in zip(chunk, parsed, answer.tolist(), strict=True):
             families.append(task.family or "?")
             correct.append(grade(task.question, task.reference, q.answer if q.ok else "").correct is True)

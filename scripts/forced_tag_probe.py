@@ -16,8 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("GRPO_AO_NO_PROGRESS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # answer_margin_probe's yes_no_logprobs
 
 
 def draw_tasks(config: str, source: str, n: int, out: str) -> int:
@@ -40,13 +43,12 @@ def draw_tasks(config: str, source: str, n: int, out: str) -> int:
 
 def forced_tag_answers(config: str, adapter: str, tags: list[int]) -> dict[int, tuple[float, float, int]]:
     """Per X: (yes/no accuracy, share of Yes, items) of the answers after a forced `[epistemic status: X] `."""
-    import torch
+    from answer_margin_probe import yes_no_logprobs
 
     from grpo_ao.config import load_config
-    from grpo_ao.format import format_epistemic_status
     from grpo_ao.recipes import evaluate
     from grpo_ao.recipes.setup import load_oracle, oracle_spec
-    from grpo_ao.rollout import Rollouts, build_oracle_inputs, completion_logprobs, right_pad
+    from grpo_ao.rollout import build_oracle_inputs
 
     cfg = load_config(config, [f"model.adapter={adapter}", "logging.progress=false"])
     model, tok = load_oracle(cfg)
@@ -59,16 +61,7 @@ def forced_tag_answers(config: str, adapter: str, tags: list[int]) -> dict[int, 
         for start in range(0, len(tasks), cfg.eval.batch_size):
             chunk = tasks[start:start + cfg.eval.batch_size]
             inputs = build_oracle_inputs(model, tok, chunk, spec=spec)
-            comps = [tok(format_epistemic_status(x, a), add_special_tokens=False)["input_ids"]
-                     for _ in chunk for a in ("Yes", "No")]  # [2B]
-            ids, mask = right_pad(comps, tok.pad_token_id)  # [2B, T]
-            rows = [n // 2 for n in range(len(comps))]
-            both = Rollouts(inputs.prompt_ids[rows], inputs.prompt_mask[rows], [inputs.positions[i] for i in rows],
-                            [inputs.vectors[i] for i in rows], ids, mask, torch.zeros(len(comps), dtype=torch.bool),
-                            [""] * len(comps), 2)
-            with torch.no_grad():
-                lp = completion_logprobs(model, both, 1.0, spec=spec)  # [2B, T]
-            answer = lp[torch.arange(len(comps)), mask.sum(dim=1) - 1].view(-1, 2)  # [B, 2] log p(Yes), log p(No)
+            answer = yes_no_logprobs(model, tok, inputs, [x] * len(chunk), spec)  # [B, 2] log p(Yes), log p(No)
             for task, (yes, no) in zip(chunk, answer.tolist(), strict=True):
                 said = "Yes" if yes > no else "No"
                 says_yes += said == "Yes"
