@@ -163,10 +163,19 @@ def test_builtin_adapters_resolve_to_a_peft_directory_inside_the_package():
     ("grpo.format_anchor=-1", "grpo.format_anchor="), ("grpo.format_anchor=1", "grpo.format_anchor="),
     ("grpo.tag_entropy=-0.1", "grpo.tag_entropy="), ("grpo.tag_entropy=0.01", "grpo.tag_entropy="),
     ("grpo.answer_anchor=-1", "grpo.answer_anchor="), ("grpo.answer_anchor=1", "grpo.answer_anchor="),
+    ("grpo.answer_anchor_source=builtin", "grpo.answer_anchor_source="),
 ])
 def test_rollout_engine_and_tis_settings_reject_bad_values_naming_the_field(override, field):
     with pytest.raises(GrpoAoError, match=re.escape(field)):
         load_config("tiny", [override])
+
+
+@pytest.mark.parametrize("source", ["foo.txt", "/no/such/anchor.jsonl"])
+def test_a_bad_answer_anchor_source_is_refused_at_load_naming_the_field(source):
+    anchored = ["grpo.advantage_routing=tag", "grpo.tag_expectation=true", "grpo.answer_anchor=1"]
+    with pytest.raises(GrpoAoError, match=re.escape("grpo.answer_anchor_source")):
+        load_config("tiny", [*anchored, f"grpo.answer_anchor_source={source}"])
+    assert load_config("tiny", [*anchored, "grpo.answer_anchor_source=builtin"]).grpo.answer_anchor_source == "builtin"
 
 
 def test_the_vllm_engine_with_the_tiny_model_on_cpu_is_refused_at_load_with_the_reason():

@@ -348,3 +348,33 @@ def test_sampler_passes_the_question_phrasing_on():
     tasks = TaskSampler(load_examples(cfg), cfg).next_batch(200)
     assert {t.phrasing for t in tasks} == {"seen", "unseen"}
     assert {t.phrasing for t in TaskSampler(toy_examples(), DataConfig()).next_batch(5)} == {None}
+
+
+def test_pairs_draw_follows_each_yes_no_draw_with_its_minimal_pair_and_resumes_mid_pair():
+    examples = load_examples(DataConfig(source="builtin_eval"))
+    cfg = DataConfig(source="builtin_eval", seed=3, question_draw="pairs")
+    tasks = TaskSampler(examples, cfg).next_batch(400)
+    answered = {(qa.question, qa.reference) for ex in examples for qa in ex.qas}
+    i, pairs = 0, 0
+    while i < len(tasks) - 1:
+        first, second = tasks[i], tasks[i + 1]
+        other = {"Yes": "No", "No": "Yes"}.get(first.reference)
+        if other is not None and (first.question, other) in answered:
+            # the same question about another context that answers it the other way
+            assert second.question == first.question and {first.reference, second.reference} == {"Yes", "No"}
+            assert second.example_index != first.example_index
+            pairs, i = pairs + 1, i + 2
+        else:
+            i += 1
+    assert pairs > 150
+    # a state taken between a draw and its partner continues with the partner
+    a = TaskSampler(examples, cfg)
+    a.next_batch(1)
+    state = json.loads(json.dumps(a.state_dict()))
+    b = TaskSampler(examples, cfg)
+    b.load_state_dict(state)
+    assert state["pending"] is not None  # seed 3's first draw is a yes/no question with a partner
+    assert b.next_batch(7) == a.next_batch(7) == tasks[1:8]
+    # balanced draws are not paired
+    plain = TaskSampler(examples, DataConfig(source="builtin_eval", seed=3)).next_batch(400)
+    assert sum(x.question == y.question for x, y in zip(plain[::2], plain[1::2])) < 100

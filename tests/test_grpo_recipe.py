@@ -28,7 +28,7 @@ from grpo_ao.format import parse_epistemic_status
 from grpo_ao.judge import JudgeResult, build_judge
 from grpo_ao.loss import group_advantages
 from grpo_ao.metrics import ALL_METRICS, read_metrics
-from grpo_ao.recipes import grpo
+from grpo_ao.recipes import grpo, grpo_tag
 from grpo_ao.recipes.setup import load_oracle, oracle_spec, task_sampler, trainable_parameters
 from grpo_ao.rollout import build_oracle_inputs, group_micro_batches
 
@@ -509,7 +509,7 @@ def test_split_routing_gives_tag_tokens_the_calibration_advantage_and_answer_tok
 
     cfg, model, tokenizer, chunk = setup
     g = chunk.rollouts.num_generations
-    routed = grpo.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns,
+    routed = grpo_tag.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns,
                                     torch.tensor([b.total if b.total is not None else math.nan for b in chunk.breakdowns]),
                                     chunk.valid, cfg.reward.lam)  # [N, T]
     scored = [b.brier is not None for b in chunk.breakdowns]
@@ -541,8 +541,8 @@ def test_tag_routing_keeps_the_tag_advantage_and_gives_a_scored_answer_none(setu
 
     cfg, model, tokenizer, chunk = setup
     rewards = torch.tensor([b.total if b.total is not None else math.nan for b in chunk.breakdowns])
-    split = grpo.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam)
-    tag = grpo.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam,
+    split = grpo_tag.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam)
+    tag = grpo_tag.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam,
                                  answer_credit=False)  # [N, T]
     scored = [b.brier is not None for b in chunk.breakdowns]
     tag_mask = tag_token_mask(tokenizer, chunk.rollouts.completion_ids, scored)
@@ -561,7 +561,7 @@ def test_tag_candidates_ask_each_prompt_once_per_tag_value(setup):
 
     cfg, model, tokenizer, chunk = setup
     g = chunk.rollouts.num_generations
-    candidates, shared = grpo.tag_candidates(chunk, tag_candidate_ids(tokenizer), tokenizer.pad_token_id)
+    candidates, shared = grpo_tag.tag_candidates(chunk, tag_candidate_ids(tokenizer), tokenizer.pad_token_id)
     assert candidates.num_generations == 11 and len(candidates.positions) == len(chunk.valid) // g * 11
     assert shared > 0, "the 11 tags share their opening tokens"
     for n in range(len(candidates.positions)):
@@ -586,10 +586,10 @@ def test_tag_expectation_moves_the_tag_towards_the_judged_targets(setup):
     scored = torch.tensor([bd.brier is not None for bd in chunk.breakdowns])
     assert scored.any()
     rewards = torch.tensor([b.total if b.total is not None else math.nan for b in chunk.breakdowns])
-    routed = grpo.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam,
+    routed = grpo_tag.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam,
                                     answer_credit=False, tag_credit=False)  # [N, T]
     assert not routed[scored].any(), "a scored rollout's tokens get no sampled advantage"
-    sampled = grpo.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam,
+    sampled = grpo_tag.routed_advantages(tokenizer, chunk.rollouts, chunk.breakdowns, rewards, chunk.valid, cfg.reward.lam,
                                      answer_credit=False)
     tag_mask = tag_token_mask(tokenizer, chunk.rollouts.completion_ids, scored.tolist())
     assert sampled[tag_mask].any(), "control: without the expectation the sampled tags carry the advantage"
@@ -598,7 +598,7 @@ def test_tag_expectation_moves_the_tag_towards_the_judged_targets(setup):
     x = torch.arange(11) / 10
 
     def expected_value() -> float:  # Σ_i Σ_j scored Σ_X π_i(X)·c(X, t_ij)
-        candidates, _ = grpo.tag_candidates(chunk, tag_ids, tokenizer.pad_token_id)
+        candidates, _ = grpo_tag.tag_candidates(chunk, tag_ids, tokenizer.pad_token_id)
         lp = completion_logprobs(model, candidates, 1.0, spec=oracle_spec(cfg))
         pi = torch.softmax((lp * candidates.completion_mask).sum(dim=1).view(-1, 11), dim=-1)  # [B, 11]
         c = -cfg.reward.lam * (x.view(1, 1, -1) - targets.view(-1, g, 1)) ** 2  # [B, G, 11]
@@ -608,7 +608,7 @@ def test_tag_expectation_moves_the_tag_towards_the_judged_targets(setup):
     before = expected_value()
     model.zero_grad(set_to_none=True)
     n = len(chunk.valid)
-    grpo.tag_expectation_backward(cfg, model, chunk, tag_ids, tokenizer.pad_token_id, n,
+    grpo_tag.tag_expectation_backward(cfg, model, chunk, tag_ids, tokenizer.pad_token_id, n,
                                   int(chunk.rollouts.completion_mask.sum()))
     grads = [p.grad for p in params if p.grad is not None]
     assert grads and any(gr.abs().sum() > 0 for gr in grads)
@@ -625,7 +625,7 @@ def test_format_anchor_alone_raises_the_tags_opening_after_each_prompt(setup):
 
     cfg, model, tokenizer, chunk = setup
     tag_ids = tag_candidate_ids(tokenizer)
-    candidates, shared = grpo.tag_candidates(chunk, tag_ids, tokenizer.pad_token_id)
+    candidates, shared = grpo_tag.tag_candidates(chunk, tag_ids, tokenizer.pad_token_id)
 
     def opening() -> float:
         lp = completion_logprobs(model, candidates, 1.0, spec=oracle_spec(cfg))  # [B·11, T']
@@ -638,7 +638,7 @@ def test_format_anchor_alone_raises_the_tags_opening_after_each_prompt(setup):
             cfg.grpo, advantage_routing="tag", tag_expectation=True, format_anchor=anchor))
         before = opening()
         model.zero_grad(set_to_none=True)
-        grpo.tag_expectation_backward(run_cfg, model, chunk, tag_ids, tokenizer.pad_token_id, n, tokens)
+        grpo_tag.tag_expectation_backward(run_cfg, model, chunk, tag_ids, tokenizer.pad_token_id, n, tokens)
         moved = any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
         assert moved == (anchor > 0)
         with _gradient_step(params, 20.0):
@@ -672,7 +672,7 @@ def test_answer_anchor_raises_each_prompts_reference_answer_after_its_tag(setup)
     before = reference_logprob()
     model.zero_grad(set_to_none=True)
     anchor_cfg = _with(cfg, advantage_routing="tag", tag_expectation=True, answer_anchor=1.0)
-    grpo.answer_anchor_backward(anchor_cfg, model, anchored, torch.ones(len(anchors), g), tokenizer.pad_token_id)
+    grpo_tag.answer_anchor_backward(anchor_cfg, model, anchored, torch.ones(len(anchors), g), tokenizer.pad_token_id)
     norm = float(torch.sqrt(sum((p.grad ** 2).sum() for p in params if p.grad is not None)))
     assert norm > 0
     with _gradient_step(params, 1e-3 / norm):  # a small step along the gradient
@@ -687,6 +687,30 @@ def test_tag_expectation_runs_a_training_step_end_to_end(sft_adapter, tmp_path, 
     assert grpo.run(cfg)["steps"] == 1
     start, after = _adapter(sft_adapter), _adapter(cfg.run_dir / "checkpoints" / "step-000001" / "adapter")
     assert any(not torch.equal(start[k], after[k]) for k in start), "the step moved the LoRA"
+
+
+def test_answer_anchor_source_anchors_on_its_own_paired_prompts_and_resumes_them(sft_adapter, tmp_path):
+    """grpo.answer_anchor_source: each chunk draws B extra prompts from that source, in minimal pairs; the anchor
+    sampler's position is checkpointed and restored, so a resumed run makes the same update as an unbroken one."""
+    common = ["grpo.advantage_routing=tag", "grpo.tag_expectation=true", "grpo.answer_anchor=1.0",
+              "grpo.answer_anchor_source=builtin_heldout", "grpo.prompts_per_step=2", "logging.checkpoint_every=1"]
+    whole = _cfg(sft_adapter, tmp_path / "whole", "grpo.max_steps=2", *common)
+    grpo.run(whole)
+    state = json.loads((whole.run_dir / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert state["anchor_sampler"]["draws"] == 2 * 2 and state["sampler"]["draws"] == 2 * 2
+    broken = _cfg(sft_adapter, tmp_path / "broken", "grpo.max_steps=1", *common)
+    grpo.run(broken)
+    grpo.run(_cfg(sft_adapter, tmp_path / "broken", "grpo.max_steps=2", *common), resume=True)
+    a = _adapter(whole.run_dir / "checkpoints" / "step-000002" / "adapter")
+    b = _adapter(broken.run_dir / "checkpoints" / "step-000002" / "adapter")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    # without the source the same step trains on its own prompts' answers: a different update
+    own = _cfg(sft_adapter, tmp_path / "own", "grpo.max_steps=2",
+               *[o for o in common if "answer_anchor_source" not in o])
+    grpo.run(own)
+    c = _adapter(own.run_dir / "checkpoints" / "step-000002" / "adapter")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
 def test_split_routing_runs_a_training_step_end_to_end(sft_adapter, tmp_path):

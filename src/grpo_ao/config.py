@@ -151,6 +151,13 @@ class GrpoConfig:
     after its tag (`loss.anchor_loss`; the AO pretraining objective kept on, like InstructGPT's "ptx" term), so that
     moving the stated confidence does not move the answers (without it the oracle's global Yes/No bias swung
     within 30 steps and it stopped reading). Prompts without a reference are skipped. 0 turns it off."""
+    answer_anchor_source: str | None = None
+    """With answer_anchor: where the anchor's prompts come from. null: the step's own GRPO prompts (their answers are
+    then taught too: on a small data.source the oracle learns those contexts' answers, and the tag learns ITS
+    accuracy there, not the eval's). A data source (as data.source; read with data.*'s layer percents and K):
+    B extra prompts per chunk drawn from it in minimal Yes/No pairs (data.question_draw=pairs), so the anchor
+    holds the reading on other contexts (e.g. the AO pretraining set, `builtin`) while the tag learns on
+    data.source's prompts."""
     tis_cap: float = 0.0
     """Truncated importance sampling against the rollout engine's own logprobs: each token's policy-gradient term
     is weighted by min(π_train/π_sampler, tis_cap). 0 turns it off (the gap is still logged as
@@ -189,6 +196,13 @@ class GrpoConfig:
             require(value == 0 or self.tag_expectation,
                    f"grpo.{name}={value} is a term of grpo.tag_expectation: set grpo.tag_expectation=true (with "
                    f"grpo.advantage_routing=tag or split), or grpo.{name}=0.")
+        if self.answer_anchor_source is not None:
+            require(self.answer_anchor > 0, f"grpo.answer_anchor_source={self.answer_anchor_source!r} is where "
+                    "grpo.answer_anchor's prompts come from: set grpo.answer_anchor > 0, or answer_anchor_source=null.")
+            try:
+                DataConfig(source=self.answer_anchor_source)
+            except GrpoAoError as err:
+                raise GrpoAoError(f"grpo.answer_anchor_source: {err}".replace("data.source=", "")) from None
         require(not self.tag_expectation or self.advantage_routing != "sequence",
                "grpo.tag_expectation=true needs the tag trained on its own: set grpo.advantage_routing=tag (or split).")
 
@@ -454,6 +468,11 @@ class RunConfig:
             require_data_fits(self, count_contexts(self.data))
         if is_local(self.eval.data):
             count_contexts(self.eval.data)  # the eval set loads and has a valid row
+        if self.grpo.answer_anchor_source is not None and is_local(anchor := anchor_data(self)):
+            try:  # the anchor's prompts load and have a valid row
+                count_contexts(anchor)
+            except GrpoAoError as err:
+                raise GrpoAoError(str(err).replace("data.source", "grpo.answer_anchor_source")) from None
 
     @property
     def run_dir(self) -> Path:
@@ -473,6 +492,12 @@ def _count_contexts(data: DataConfig, stamp: float) -> int:
     with warnings.catch_warnings():  # bad rows are reported, file:line, when the recipe loads the data
         warnings.simplefilter("ignore")
         return len({ex.context for ex in load_examples(data)})
+
+
+def anchor_data(cfg: RunConfig) -> DataConfig:
+    """Where grpo.answer_anchor's own prompts come from (grpo.answer_anchor_source): data.*'s layer percents, K and
+    seed, that source, drawn in minimal Yes/No pairs."""
+    return dataclasses.replace(cfg.data, source=cfg.grpo.answer_anchor_source, question_draw="pairs", max_examples=None)
 
 
 def is_local(data: DataConfig) -> bool:

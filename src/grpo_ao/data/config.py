@@ -9,7 +9,7 @@ from grpo_ao.errors import GrpoAoError
 BUILTIN_SOURCES = ("builtin", "builtin_heldout", "builtin_eval")
 ON_BAD_ROW = ("skip", "error")
 CONTEXT_FORMATS = ("chat", "raw")
-QUESTION_DRAWS = ("balanced", "uniform")
+QUESTION_DRAWS = ("balanced", "uniform", "pairs")
 
 
 def _is_int(value: object) -> bool:
@@ -44,7 +44,9 @@ class DataConfig:
     """How the subject sees the context: "chat" (as a user turn of the chat template) or "raw" text."""
     question_draw: str = "balanced"
     """How a draw picks one of the example's questions: "balanced" (a family uniformly, then Yes and No
-    references equally often, open questions with their share; docs/data.md) or "uniform" (any question)."""
+    references equally often, open questions with their share; docs/data.md), "uniform" (any question) or "pairs"
+    ("balanced", each yes/no draw followed by the same question about a context answering it the other way: its
+    minimal pair, so a batch's yes/no answers are balanced per question)."""
 
     def __post_init__(self) -> None:
         # YAML gives lists; keep the dataclass hashable and immutable

@@ -6,7 +6,11 @@ Each draw, in this order, from ONE `numpy.random.Generator` (PCG64) seeded with 
      family uniformly among the example's question families, then, within it, the open questions with
      their share of the family's questions and the yes/no share split equally between "Yes" and "No"
      references, then a question uniformly in that group (so an "expanded" context, asked every label of
-     a family with one "Yes", is asked Yes as often as No),
+     a family with one "Yes", is asked Yes as often as No); "pairs": as "balanced", and a yes/no draw
+     then also picks (uniformly) a usable context whose reference to the SAME question text is the other
+     answer — its minimal pair, the next draw (it takes only steps 3 and 4 of its own). A batch so
+     answers each of its yes/no questions Yes and No alike, unless a pair straddles two batches (an odd
+     batch size, or an open question before it) or no context answers the question the other way,
   3. a layer percent from `cfg.layer_percents`, uniformly,
   4. K uniformly in [min_positions, min(max_positions, n_tokens)], where n_tokens is the context's
      token count when `count_tokens` is given (K is capped to the context, never an error).
@@ -115,7 +119,15 @@ class TaskSampler:
             raise GrpoAoError(f"no usable example in data.source={cfg.source!r} (all {len(self.examples)} are "
                               f"empty or shorter than data.min_positions={cfg.min_positions} tokens).")
         self._usable = np.asarray(usable, dtype=np.int64)
-        self._groups = [question_groups(ex) for ex in self.examples] if cfg.question_draw == "balanced" else []
+        self._groups = [question_groups(ex) for ex in self.examples] if cfg.question_draw != "uniform" else []
+        self._answering: dict[tuple[str, str], list[tuple[int, int]]] = {}  # (question, stance) -> (example, qa)
+        if cfg.question_draw == "pairs":
+            for i in usable:
+                for j, qa in enumerate(self.examples[i].qas):
+                    stance = _stance(qa.reference)
+                    if stance is not None:
+                        self._answering.setdefault((qa.question, stance), []).append((i, j))
+        self._pending: tuple[int, int] | None = None  # "pairs": the (example, question) drawn next
         self._rng = np.random.Generator(np.random.PCG64(cfg.seed))
         self._order: list[int] = []
         self._pos = 0
@@ -145,10 +157,23 @@ class TaskSampler:
                 break
         return members[int(self._rng.integers(len(members)))]
 
+    def _partner(self, qa_question: str, reference: str | None) -> tuple[int, int] | None:
+        stance = _stance(reference)
+        if stance is None:
+            return None
+        mates = self._answering.get((qa_question, "no" if stance == "yes" else "yes"), [])
+        return mates[int(self._rng.integers(len(mates)))] if mates else None
+
     def _draw(self) -> Task:
-        i = self._next_index()  # 1.
+        if self._pending is not None:  # "pairs": the partner of the previous draw
+            (i, j), self._pending = self._pending, None
+        else:
+            i = self._next_index()  # 1.
+            j = self._question_index(i)  # 2.
+            if self.cfg.question_draw == "pairs":
+                self._pending = self._partner(self.examples[i].qas[j].question, self.examples[i].qas[j].reference)
         ex = self.examples[i]
-        qa = ex.qas[self._question_index(i)]  # 2.
+        qa = ex.qas[j]
         layer_percent = self.cfg.layer_percents[int(self._rng.integers(len(self.cfg.layer_percents)))]  # 3.
         k = int(self._rng.integers(self.cfg.min_positions, self._max_k[i] + 1))  # 4. inclusive upper bound
         self.draws += 1
@@ -165,7 +190,8 @@ class TaskSampler:
         """JSON-serialisable position: generator state, current epoch order and position in it."""
         return {"version": _STATE_VERSION, "num_examples": len(self.examples), "seed": self.cfg.seed,
                 "rng": self._rng.bit_generator.state, "order": list(self._order), "pos": self._pos,
-                "epoch": self.epoch, "draws": self.draws}
+                "epoch": self.epoch, "draws": self.draws,
+                "pending": list(self._pending) if self._pending is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where `state_dict()` was taken (same examples and config required)."""
@@ -182,6 +208,8 @@ class TaskSampler:
         self._pos = int(state["pos"])
         self.epoch = int(state["epoch"])
         self.draws = int(state["draws"])
+        pending = state.get("pending")  # absent in states written before "pairs" existed
+        self._pending = (int(pending[0]), int(pending[1])) if pending is not None else None
 
 
 def split_examples(examples: Sequence[Example], heldout: int, seed: int) -> tuple[list[Example], list[Example]]:

@@ -31,7 +31,7 @@ import torch
 
 from grpo_ao import metrics as M
 from grpo_ao.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from grpo_ao.config import RunConfig
+from grpo_ao.config import RunConfig, anchor_data
 from grpo_ao.distributed import (
     all_reduce_gradients,
     gather_objects,
@@ -42,17 +42,9 @@ from grpo_ao.distributed import (
 )
 from grpo_ao.engine import build_engine
 from grpo_ao.errors import GrpoAoError
-from grpo_ao.format import parse_epistemic_status, tag_candidate_ids, tag_token_mask, tagged_answer_ids
+from grpo_ao.format import parse_epistemic_status, tag_candidate_ids, tag_token_mask
 from grpo_ao.judge import build_judge
-from grpo_ao.loss import (
-    anchor_loss,
-    expected_tag_loss,
-    group_advantages,
-    policy_loss,
-    rollout_weights,
-    route_advantages,
-    split_advantages,
-)
+from grpo_ao.loss import group_advantages, policy_loss
 from grpo_ao.recipes.adapters import check_start_layout, written_layout
 from grpo_ao.recipes.grpo_chunk import Chunk
 from grpo_ao.recipes.grpo_report import (
@@ -62,6 +54,12 @@ from grpo_ao.recipes.grpo_report import (
     step_totals,
     summed_judge_stats,
     write_summary,
+)
+from grpo_ao.recipes.grpo_tag import (
+    anchor_prompts,
+    answer_anchors,
+    routed_advantages,
+    tag_expectation_backward,
 )
 from grpo_ao.recipes.setup import (
     archive_previous_run,
@@ -83,7 +81,6 @@ from grpo_ao.rollout import (
     completion_logprobs,
     group_micro_batches,
     injected_logprobs,
-    right_pad,
 )
 
 REFERENCE_ADAPTER = "reference"
@@ -116,21 +113,19 @@ def score_chunk(cfg: RunConfig, tokenizer: Any, index: int, tasks: list, inputs:
         token_advantages = routed_advantages(tokenizer, rollouts, breakdowns, rewards, valid, cfg.reward.lam,
                                              answer_credit=cfg.grpo.advantage_routing == "split",
                                              tag_credit=not cfg.grpo.tag_expectation, tag_mask=tag_mask)
-    anchors = None
-    if cfg.grpo.answer_anchor > 0:
-        tags = [next((q.confidence for q in parsed[i:i + g] if q.ok), 5) for i in range(0, len(parsed), g)]  # [B]
-        anchors = [None if task.reference is None else tagged_answer_ids(tokenizer, x, task.reference)
-                   for task, x in zip(tasks, tags, strict=True)]
+    own = cfg.grpo.answer_anchor > 0 and cfg.grpo.answer_anchor_source is None  # else collect_chunks adds them
+    anchors = answer_anchors(tokenizer, tasks, parsed, g) if own else None
     return Chunk(tasks, rollouts, inputs.layers, parsed, judged, breakdowns, advantages, valid, token_advantages,
                  tag_mask=tag_mask, anchors=anchors, index=index)
 
 
 def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, sampler: Any, judge: Any, step: int,
-                   timers: dict) -> list[Chunk]:
+                   timers: dict, anchor_sampler: Any = None) -> list[Chunk]:
     """Step 1: grad_accum_steps chunks of B tasks: 1a roll out, 1b judge + reward (in a worker thread while the
     next chunk is rolled out, with grpo.overlap_judge), 1c advantages. Judge calls only do network or CPU-light
     work, so the rollouts and the scores are the same with and without the overlap.
 
+    With `anchor_sampler` (grpo.answer_anchor_source) each chunk also gets B anchor prompts from it (`anchor_prompts`).
     Data parallel: every rank draws every chunk's tasks and keeps its own chunks k ≡ rank (mod N)."""
     g = cfg.sampling.num_generations
     rank, world = place().rank, place().world_size
@@ -138,13 +133,16 @@ def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, samp
     def judge_chunk(tasks: list, parsed: list) -> tuple[list, list]:  # 1b
         return judge_and_reward(judge, tasks, parsed, g, cfg.reward, cfg.judge.score_parse_failures)
 
-    rolled, pending = [], []
+    rolled, pending, anchored = [], [], []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge") as pool:
         for k in range(cfg.grpo.grad_accum_steps):
             t0 = time.perf_counter()
             tasks = sampler.next_batch(cfg.grpo.prompts_per_step)
+            anchor_tasks = anchor_sampler.next_batch(cfg.grpo.prompts_per_step) if anchor_sampler else None
             if k % world != rank:
-                continue  # another rank's chunk: drawn (the sampler stays in step) but not rolled out
+                continue  # another rank's chunk: drawn (the samplers stay in step) but not rolled out
+            if anchor_tasks is not None:
+                anchored.append(anchor_prompts(cfg, model, tokenizer, anchor_tasks))
             inputs, rollouts, parsed = roll_out_chunk(cfg, model, tokenizer, engine, tasks,
                                                       chunk_seed(cfg.seed, step, k))  # 1a
             t1 = time.perf_counter()
@@ -158,30 +156,10 @@ def collect_chunks(cfg: RunConfig, model: Any, tokenizer: Any, engine: Any, samp
         t0 = time.perf_counter()
         scores = [p.result() if isinstance(p, Future) else p for p in pending]
         timers["judge"] += time.perf_counter() - t0  # with the overlap: only the wait that was not hidden
-    return [score_chunk(cfg, tokenizer, *chunk, *score) for chunk, score in zip(rolled, scores, strict=True)]  # 1c
-
-
-def routed_advantages(tokenizer: Any, rollouts: Rollouts, breakdowns: list, rewards: torch.Tensor,
-                      valid: torch.Tensor, lam: float, answer_credit: bool = True,
-                      tag_credit: bool = True, tag_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """`grpo.advantage_routing=split`: tag tokens get the calibration part's group advantage, answer tokens
-    the informativeness part's (`loss.split_advantages`); `=tag` (answer_credit False): the answer tokens of a
-    parsed and judged rollout get 0 instead; `grpo.tag_expectation` (tag_credit False): so do its tag tokens,
-    whose term is then `loss.expected_tag_loss`. `tag_mask`: the scored rollouts' `tag_token_mask` where the caller
-    has it already.  -> [N, T]"""
-    g = rollouts.num_generations
-    scored = torch.tensor([bd.brier is not None for bd in breakdowns])  # [N] parsed and judged
-    info = torch.tensor([bd.info + bd.bonus if bd.brier is not None else 0.0 for bd in breakdowns])  # [N]
-    calib = torch.tensor([-lam * bd.brier if bd.brier is not None else 0.0 for bd in breakdowns])  # [N]
-    tag_adv, answer_adv = split_advantages(info.view(-1, g), calib.view(-1, g), rewards.view(-1, g),
-                                           valid.view(-1, g), scored.view(-1, g))  # [B, G] each
-    if not answer_credit:
-        answer_adv = torch.where(scored.view(-1, g), torch.zeros_like(answer_adv), answer_adv)  # [B, G]
-    if not tag_credit:
-        tag_adv = torch.where(scored.view(-1, g), torch.zeros_like(tag_adv), tag_adv)  # [B, G]
-    if tag_mask is None:
-        tag_mask = tag_token_mask(tokenizer, rollouts.completion_ids, scored.tolist())  # [N, T]
-    return route_advantages(tag_adv.view(-1), answer_adv.view(-1), tag_mask)  # [N, T]
+    chunks = [score_chunk(cfg, tokenizer, *chunk, *score) for chunk, score in zip(rolled, scores, strict=True)]  # 1c
+    for chunk, (rows, anchors) in zip(chunks, anchored):  # empty without anchor_sampler
+        chunk.anchor_rows, chunk.anchors = rows, anchors
+    return chunks
 
 
 @contextlib.contextmanager
@@ -236,78 +214,6 @@ def micro_batches(chunk: Chunk, size: int, valid_only: bool = True,
     rows = [i for i in range(len(chunk.valid)) if (chunk.valid[i] or not valid_only)
             and (needs_forward is None or needs_forward[i])]
     return group_micro_batches(rows, chunk.rollouts.num_generations, size)
-
-
-def tag_candidates(chunk: Chunk, tag_ids: list[list[int]], pad_id: int) -> tuple[Rollouts, int]:
-    """Each prompt of `chunk` once per tag value: 11 rows per prompt, each completed by one whole tag
-    `[epistemic status: X]`; and how many leading tokens all 11 tags share (`[epistemic status: ` on most
-    tokenizers). Those shared tokens have the same logprobs in the 11 rows, which cancel in `expected_tag_loss`'s
-    softmax; `grpo.format_anchor` trains them."""
-    g = chunk.rollouts.num_generations
-    shared = 0
-    while all(len(ids) > shared + 1 and ids[shared] == tag_ids[0][shared] for ids in tag_ids):
-        shared += 1
-    first = list(range(0, len(chunk.valid), g))  # [B] the first row of each prompt
-    rows = [i for i in first for _ in tag_ids]  # [B·11]
-    base = chunk.rollouts.select(rows)
-    completion_ids, completion_mask = right_pad([tag_ids[n % len(tag_ids)] for n in range(len(rows))],
-                                                pad_id)  # [B·11, T'], [B·11, T']
-    return Rollouts(base.prompt_ids, base.prompt_mask, base.positions, base.vectors, completion_ids, completion_mask,
-                    torch.zeros(len(rows), dtype=torch.bool), [""] * len(rows), len(tag_ids)), shared
-
-
-def tag_expectation_backward(cfg: RunConfig, model: Any, chunk: Chunk, tag_ids: list[list[int]], pad_id: int,
-                             num_rollouts: int, num_tokens: int) -> None:
-    """`grpo.tag_expectation`: `loss.expected_tag_loss` for the chunk's prompts, plus `grpo.format_anchor` times
-    `loss.anchor_loss` of the tag's opening tokens and, with `grpo.answer_anchor`, `answer_anchor_backward`;
-    backward (gradients accumulate)."""
-    g = chunk.rollouts.num_generations
-    use_info = cfg.reward.target == "informativeness"
-    scored = torch.tensor([bd.brier is not None for bd in chunk.breakdowns])  # [N]
-    if not bool(scored.any()):
-        return
-    targets = torch.tensor([float("nan") if not ok else float(j.informativeness if use_info else j.correct)
-                            for j, ok in zip(chunk.judged, scored.tolist(), strict=True)])  # [N]
-    weights = rollout_weights(cfg.grpo.loss_type, chunk.rollouts.lengths, cfg.sampling.max_new_tokens, num_rollouts,
-                              num_tokens) * scored  # [N]
-    candidates, shared = tag_candidates(chunk, tag_ids, pad_id)
-    device = next(model.parameters()).device
-    # at temperature 1, whatever the sampling temperature: nothing is sampled here, the optimum (all mass on the
-    # X nearest 10·mean target) is the same at any temperature, and a sharpened softmax would starve the gradient
-    with injected_logprobs(model, candidates, 1.0, spec=oracle_spec(cfg),
-                           prefix_shared=cfg.grpo.prefix_shared_forward) as logprobs:  # [B·11, T']
-        token_lp = logprobs * candidates.completion_mask.to(device, logprobs.dtype)  # [B·11, T']
-        per_tag = token_lp.sum(dim=1)  # [B·11]
-        loss = expected_tag_loss(per_tag.view(-1, len(tag_ids)), targets.view(-1, g), weights.view(-1, g),
-                                 cfg.reward.lam, entropy=cfg.grpo.tag_entropy)
-        if cfg.grpo.format_anchor > 0:
-            opening = token_lp[::len(tag_ids), :shared].sum(dim=1)  # [B] the shared opening, once per prompt
-            loss = loss + cfg.grpo.format_anchor * anchor_loss(opening, weights.view(-1, g))
-        loss.backward()
-    if chunk.anchors is not None:
-        answer_anchor_backward(cfg, model, chunk, weights.view(-1, g), pad_id)
-
-
-def answer_anchor_backward(cfg: RunConfig, model: Any, chunk: Chunk, weights: torch.Tensor, pad_id: int) -> None:
-    """`grpo.answer_anchor`: the teacher-forced reference answer after each prompt's tag, `loss.anchor_loss` over
-    the answer tokens only (the tag is the expectation's), backward.  weights: [B, G]"""
-    prompts = [i for i, a in enumerate(chunk.anchors) if a is not None]  # prompts with a reference
-    if not prompts:
-        return
-    g = chunk.rollouts.num_generations
-    base = chunk.rollouts.select([i * g for i in prompts])
-    ids, mask = right_pad([chunk.anchors[i][0] for i in prompts], pad_id)  # [n, T'], [n, T']
-    answer_mask = mask.clone()  # [n, T']
-    for n, i in enumerate(prompts):
-        answer_mask[n, :chunk.anchors[i][1]] = 0  # the tag's tokens
-    rows = Rollouts(base.prompt_ids, base.prompt_mask, base.positions, base.vectors, ids, mask,
-                    torch.zeros(len(prompts), dtype=torch.bool), [""] * len(prompts), 1)
-    device = next(model.parameters()).device
-    with injected_logprobs(model, rows, 1.0, spec=oracle_spec(cfg),
-                           prefix_shared=cfg.grpo.prefix_shared_forward) as logprobs:  # [n, T']
-        answer = (logprobs * answer_mask.to(device, logprobs.dtype)).sum(dim=1)  # [n]
-        loss = cfg.grpo.answer_anchor * anchor_loss(answer, weights[prompts])
-        loss.backward()
 
 
 def update(cfg: RunConfig, model: Any, chunks: list[Chunk], num_rollouts: int, num_tokens: int,
@@ -369,6 +275,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                                   adapter_name=REFERENCE_ADAPTER)
         model.set_adapter("default")
     sampler = task_sampler(cfg.data, tokenizer)
+    anchor_sampler = task_sampler(anchor_data(cfg), tokenizer) if cfg.grpo.answer_anchor_source else None
     judge_cache = judge_cache_path(cfg)
     judge = build_judge(cfg.judge, cache_path=judge_cache)
     optimizer, scheduler = optimizer_and_scheduler(model, cfg.grpo.lr, cfg.grpo.weight_decay, cfg.grpo.warmup_steps,
@@ -380,6 +287,11 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
             raise GrpoAoError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}; start without --resume.")
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
         sampler.load_state_dict(state["sampler"])
+        if anchor_sampler is not None:
+            if state.get("anchor_sampler") is None:
+                raise GrpoAoError(f"--resume: {ckpt} was written without grpo.answer_anchor_source; resume with the "
+                                  "config it was started with, or start a new run.")
+            anchor_sampler.load_state_dict(state["anchor_sampler"])
         start = int(state["step"])
         print0(f"Resuming from {ckpt} (step {start}).")
     tag_ids = tag_candidate_ids(tokenizer) if cfg.grpo.tag_expectation else None
@@ -390,7 +302,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     for step in range(start + 1, cfg.grpo.max_steps + 1):
         timers = {"rollout": 0.0, "judge": 0.0, "update": 0.0}
         judge_before = judge.stats.snapshot()
-        chunks = collect_chunks(cfg, model, tokenizer, engine, sampler, judge, step, timers)  # 1.
+        chunks = collect_chunks(cfg, model, tokenizer, engine, sampler, judge, step, timers, anchor_sampler)  # 1.
         engine.sleep()
         t0 = time.perf_counter()
         for chunk in chunks:  # 2.
@@ -425,6 +337,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         if step % cfg.logging.checkpoint_every == 0 or step == cfg.grpo.max_steps:
             save_checkpoint(run_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
                             trainer_state={"step": step, "sampler": sampler.state_dict(),
+                                           "anchor_sampler": anchor_sampler.state_dict() if anchor_sampler else None,
                                            "judge_cache": str(judge_cache)},
                             keep_last=cfg.logging.keep_last)
         bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", parse=f"{metrics[M.FORMAT_PARSE_RATE]:.2f}")
