@@ -6,9 +6,14 @@ answer is the larger logprob. Printed per X: yes/no accuracy and the share of "Y
 but differ between two adapters moved with the weights (docs/RESULTS.md, session 12: a GRPO run's global Yes/No bias).
 `--draw SOURCE N OUT` instead writes N tasks drawn as GRPO draws them from a data source (one question per row, the
 context's labels kept) to OUT, for `grpo-ao eval ... eval.data.source=OUT` on GRPO's own prompt distribution.
+`--tag-dist RECORDS` prints, from the adapter's tag distribution π(X | prompt) over the 11 values (teacher-forced, the
+forward `grpo.tag_expectation` trains), per family the mean E_π[X] and the mode, and the AUROC (overall and within
+family) of E_π[X] against the `correct` field of RECORDS (that adapter's eval_records_*.jsonl, same items): does the
+distribution already rank families or items where the greedy tag (its mode) still ties?
 
     python scripts/forced_tag_probe.py --config smollm2 --adapter runs/smollm2/grpo/checkpoints/step-000012/adapter --tags 1,6,9
     python scripts/forced_tag_probe.py --config smollm2 --draw builtin 240 /tmp/train240.jsonl
+    python scripts/forced_tag_probe.py --config smollm2 --adapter <adapter> --tag-dist <run>/eval_records_<label>.jsonl
 """
 
 from __future__ import annotations
@@ -70,12 +75,63 @@ def forced_tag_answers(config: str, adapter: str, tags: list[int]) -> dict[int, 
     return out
 
 
+def tag_distribution(config: str, adapter: str) -> list[list[float]]:
+    """Per eval item, π(X | prompt) for X = 0..10 (softmax over the 11 whole tags' summed logprobs).  -> [n][11]"""
+    import torch
+
+    from grpo_ao.config import load_config
+    from grpo_ao.format import tag_candidate_ids
+    from grpo_ao.recipes import evaluate
+    from grpo_ao.recipes.setup import load_oracle, oracle_spec
+    from grpo_ao.rollout import Rollouts, build_oracle_inputs, completion_logprobs, right_pad
+
+    cfg = load_config(config, [f"model.adapter={adapter}", "logging.progress=false"])
+    model, tok = load_oracle(cfg)
+    tasks, _ = evaluate.eval_items(cfg, tok)
+    spec = oracle_spec(cfg, cfg.eval.data)
+    tag_ids = tag_candidate_ids(tok)
+    out = []
+    for start in range(0, len(tasks), cfg.eval.batch_size // 4):
+        inputs = build_oracle_inputs(model, tok, tasks[start:start + cfg.eval.batch_size // 4], spec=spec)
+        rows = [i for i in range(len(inputs.layers)) for _ in tag_ids]
+        ids, mask = right_pad([tag_ids[n % len(tag_ids)] for n in range(len(rows))], tok.pad_token_id)
+        cands = Rollouts(inputs.prompt_ids[rows], inputs.prompt_mask[rows], [inputs.positions[i] for i in rows],
+                         [inputs.vectors[i] for i in rows], ids, mask, torch.zeros(len(rows), dtype=torch.bool),
+                         [""] * len(rows), len(tag_ids))
+        with torch.no_grad():
+            lp = (completion_logprobs(model, cands, 1.0, spec=spec) * mask).sum(dim=1)  # [b·11]
+        out += torch.softmax(lp.view(-1, len(tag_ids)), dim=1).tolist()
+    return out
+
+
+def report_tag_distribution(config: str, adapter: str, records: str) -> None:
+    from collections import defaultdict
+
+    from grpo_ao.calibration import auroc, auroc_within_groups
+
+    rows = [json.loads(line) for line in open(records, encoding="utf-8")]
+    dist = tag_distribution(config, adapter)
+    if len(dist) != len(rows):
+        raise SystemExit(f"{records} has {len(rows)} items, the eval {len(dist)}: give that adapter's eval records")
+    mean = [sum(x * p for x, p in enumerate(pi)) for pi in dist]
+    correct = [bool(r["correct"]) for r in rows]
+    by_family = defaultdict(list)
+    for r, m, pi, c in zip(rows, mean, dist, correct, strict=True):
+        by_family[r["family"]].append((m, max(range(11), key=pi.__getitem__), c))
+    for family, vals in sorted(by_family.items()):
+        print(f"{family:10s} n={len(vals):3d} accuracy {sum(c for *_, c in vals) / len(vals):.2f}  "
+              f"E[X] {sum(m for m, *_ in vals) / len(vals):.2f}  modes {sorted({x for _, x, _ in vals})}")
+    within = auroc_within_groups(mean, correct, [r["family"] for r in rows])
+    print(f"AUROC(E[X], correct) {auroc(mean, correct):.3f}, within family {within[0]:.3f} ({within[1]} families)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="smollm2")
     p.add_argument("--adapter", help="the oracle adapter to probe")
     p.add_argument("--tags", default="1,6,9", help="the forced X values, comma-separated")
     p.add_argument("--draw", nargs=3, metavar=("SOURCE", "N", "OUT"), help="write N drawn tasks instead")
+    p.add_argument("--tag-dist", metavar="RECORDS", help="the tag distribution against these eval records instead")
     args = p.parse_args(argv)
     if args.draw:
         source, n, out = args.draw
@@ -83,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.adapter:
         p.error("give --adapter (or --draw SOURCE N OUT)")
+    if args.tag_dist:
+        report_tag_distribution(args.config, args.adapter, args.tag_dist)
+        return 0
     for x, (acc, yes, n) in forced_tag_answers(args.config, args.adapter, [int(t) for t in args.tags.split(",")]).items():
         print(f"X={x}: yes/no accuracy {acc:.3f}, says Yes {yes:.3f} ({n} items)")
     return 0

@@ -45,3 +45,24 @@ def test_the_forced_tag_probe_draws_grpos_tasks_and_scores_every_forced_tag(sft_
     assert sorted(scores) == [1, 9]
     for acc, yes, n in scores.values():
         assert n > 0 and 0 <= acc <= 1 and 0 <= yes <= 1
+
+
+def test_the_tag_distribution_probe_gives_one_normalised_distribution_per_eval_item(sft_adapter, tmp_path, capsys):
+    import json
+
+    import torch
+
+    probe = load_script("forced_tag_probe")
+    dist = probe.tag_distribution("tiny", str(sft_adapter))
+    pi = torch.tensor(dist)  # [n, 11]
+    assert pi.shape[1] == 11 and pi.shape[0] > 1
+    torch.testing.assert_close(pi.sum(dim=1), torch.ones(len(dist)), rtol=0, atol=1e-5)
+    assert float(pi.std(dim=0).max()) > 0, "the items' prompts (and activations) differ, so must their distributions"
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps({"family": "f" if i % 2 else "g", "correct": i % 3 == 0}) + "\n"
+                               for i in range(len(dist))))
+    probe.report_tag_distribution("tiny", str(sft_adapter), str(records))
+    assert "AUROC(E[X], correct)" in capsys.readouterr().out
+    records.write_text("")
+    with pytest.raises(SystemExit, match="items"):
+        probe.report_tag_distribution("tiny", str(sft_adapter), str(records))
