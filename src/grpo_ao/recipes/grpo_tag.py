@@ -1,6 +1,7 @@
 """The tag's own terms of a GRPO step, for `recipes/grpo.py`: advantage routing (`grpo.advantage_routing` split / tag)
 and, with `grpo.tag_expectation`, the closed-form tag term with its anchors (`grpo.format_anchor`,
-`grpo.answer_anchor`). Each function runs its own forward and backward; gradients accumulate into the step's."""
+`grpo.answer_anchor`, its prompts optionally from `grpo.answer_anchor_source`: `anchor_prompts`). Each backward
+function runs its own forward and backward; gradients accumulate into the step's."""
 
 from __future__ import annotations
 
