@@ -66,3 +66,16 @@ def test_the_tag_distribution_probe_gives_one_normalised_distribution_per_eval_i
     records.write_text("")
     with pytest.raises(SystemExit, match="items"):
         probe.report_tag_distribution("tiny", str(sft_adapter), str(records))
+
+
+def test_the_tag_gradient_probe_measures_each_term_at_weight_one(sft_adapter):
+    import math
+
+    probe = load_script("tag_gradient_probe")
+    common = ["grpo.answer_anchor_source=builtin_heldout", "grpo.prompts_per_step=2", "reward.target=correctness"]
+    one = probe.term_gradients("tiny", str(sft_adapter), common, chunks=1)[0]
+    two = probe.term_gradients("tiny", str(sft_adapter), [*common, "grpo.answer_anchor=2.0"], chunks=1)[0]
+    assert all(math.isfinite(v) and v >= 0 for v in one.values()) and 0 <= one["answer_wins"] <= 1
+    assert one["tag"] > 0 and one["answer"] > 0 and one["format"] > 0
+    # the same seeded rollouts and anchor prompts: the anchor's weight is divided out, the other terms do not use it
+    assert math.isclose(one["answer"], two["answer"], rel_tol=1e-4) and math.isclose(one["tag"], two["tag"], rel_tol=1e-6)
