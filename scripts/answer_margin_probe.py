@@ -37,15 +37,12 @@ def yes_no_logprobs(model, tok, inputs, tags: list[int], spec):
     import torch
 
     from grpo_ao.format import format_epistemic_status
-    from grpo_ao.rollout import Rollouts, completion_logprobs, right_pad
+    from grpo_ao.rollout import completion_logprobs, forced_completions
 
     comps = [tok(format_epistemic_status(x, a), add_special_tokens=False)["input_ids"]
              for x in tags for a in ("Yes", "No")]  # [2B] each prompt's tag, then each answer
-    ids, mask = right_pad(comps, tok.pad_token_id)  # [2B, T]
-    rows = [n // 2 for n in range(len(comps))]
-    both = Rollouts(inputs.prompt_ids[rows], inputs.prompt_mask[rows], [inputs.positions[i] for i in rows],
-                    [inputs.vectors[i] for i in rows], ids, mask, torch.zeros(len(comps), dtype=torch.bool),
-                    [""] * len(comps), 2)
+    both = forced_completions(inputs, [n // 2 for n in range(len(comps))], comps, tok.pad_token_id, 2)  # [2B, T]
+    mask = both.completion_mask
     with torch.no_grad():
         lp = completion_logprobs(model, both, 1.0, spec=spec)  # [2B, T]
     return lp[torch.arange(len(comps)), mask.sum(dim=1) - 1].view(-1, 2)  # [B, 2]

@@ -83,7 +83,7 @@ def tag_distribution(config: str, adapter: str) -> list[list[float]]:
     from grpo_ao.format import tag_candidate_ids
     from grpo_ao.recipes import evaluate
     from grpo_ao.recipes.setup import load_oracle, oracle_spec
-    from grpo_ao.rollout import Rollouts, build_oracle_inputs, completion_logprobs, right_pad
+    from grpo_ao.rollout import build_oracle_inputs, completion_logprobs, forced_completions
 
     cfg = load_config(config, [f"model.adapter={adapter}", "logging.progress=false"])
     model, tok = load_oracle(cfg)
@@ -94,12 +94,10 @@ def tag_distribution(config: str, adapter: str) -> list[list[float]]:
     for start in range(0, len(tasks), cfg.eval.batch_size // 4):
         inputs = build_oracle_inputs(model, tok, tasks[start:start + cfg.eval.batch_size // 4], spec=spec)
         rows = [i for i in range(len(inputs.layers)) for _ in tag_ids]
-        ids, mask = right_pad([tag_ids[n % len(tag_ids)] for n in range(len(rows))], tok.pad_token_id)
-        cands = Rollouts(inputs.prompt_ids[rows], inputs.prompt_mask[rows], [inputs.positions[i] for i in rows],
-                         [inputs.vectors[i] for i in rows], ids, mask, torch.zeros(len(rows), dtype=torch.bool),
-                         [""] * len(rows), len(tag_ids))
+        cands = forced_completions(inputs, rows, [tag_ids[n % len(tag_ids)] for n in range(len(rows))],
+                                   tok.pad_token_id, len(tag_ids))  # [b·11, T]
         with torch.no_grad():
-            lp = (completion_logprobs(model, cands, 1.0, spec=spec) * mask).sum(dim=1)  # [b·11]
+            lp = (completion_logprobs(model, cands, 1.0, spec=spec) * cands.completion_mask).sum(dim=1)  # [b·11]
         out += torch.softmax(lp.view(-1, len(tag_ids)), dim=1).tolist()
     return out
 

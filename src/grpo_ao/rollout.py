@@ -170,6 +170,18 @@ def oracle_inputs(tokenizer: Any, tasks: Sequence[Any], layers: Sequence[int], v
     return OracleInputs(prompt_ids, prompt_mask, positions, list(vectors), list(layers))
 
 
+def forced_completions(prompts: OracleInputs | Rollouts, rows: Sequence[int], completions: Sequence[Sequence[int]],
+                       pad_id: int, num_generations: int = 1) -> Rollouts:
+    """Prompt rows `rows` of `prompts` (their ids, injection positions and vectors), the n-th teacher-forced with
+    `completions[n]` (right-padded): what a scoring forward (`completion_logprobs`, `injected_logprobs`) reads when
+    nothing is sampled (the tag candidates, the anchors, the probes).  -> N = len(rows) rows"""
+    idx = torch.tensor(list(rows), dtype=torch.long)
+    ids, mask = right_pad(completions, pad_id)  # [N, T], [N, T]
+    return Rollouts(prompts.prompt_ids[idx], prompts.prompt_mask[idx], [prompts.positions[i] for i in rows],
+                    [prompts.vectors[i] for i in rows], ids, mask, torch.zeros(len(rows), dtype=torch.bool),
+                    [""] * len(rows), num_generations)
+
+
 def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists right-padded to the longest: ids and a mask of the real tokens.  -> [N, T], [N, T] (long)
 

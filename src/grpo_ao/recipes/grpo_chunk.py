@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo_ao.rollout import Rollouts
+from grpo_ao.rollout import OracleInputs, Rollouts
 
 
 @dataclass
@@ -27,8 +27,8 @@ class Chunk:
     anchors: list | None = None
     """grpo.answer_anchor: per prompt, (ids of `[epistemic status: X] reference`, how many spell the tag), X the
     prompt's first parsed rollout's tag (else 5); None for a prompt without a reference."""
-    anchor_rows: Rollouts | None = None
-    """With grpo.answer_anchor_source: one row per anchor prompt (drawn from that source; `anchors` are then theirs);
+    anchor_rows: OracleInputs | None = None
+    """With grpo.answer_anchor_source: the anchor prompts drawn from that source (`anchors` are then theirs);
     None: `anchors` belong to the chunk's own prompts (row i·G)."""
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]

@@ -14,7 +14,7 @@ from grpo_ao.format import tag_token_mask, tagged_answer_ids
 from grpo_ao.loss import anchor_loss, expected_tag_loss, rollout_weights, route_advantages, split_advantages
 from grpo_ao.recipes.grpo_chunk import Chunk
 from grpo_ao.recipes.setup import oracle_spec
-from grpo_ao.rollout import Rollouts, build_oracle_inputs, injected_logprobs, right_pad
+from grpo_ao.rollout import OracleInputs, Rollouts, build_oracle_inputs, forced_completions, injected_logprobs
 
 
 def routed_advantages(tokenizer: Any, rollouts: Rollouts, breakdowns: list, rewards: torch.Tensor,
@@ -59,11 +59,8 @@ def tag_candidates(chunk: Chunk, tag_ids: list[list[int]], pad_id: int) -> tuple
         shared += 1
     first = list(range(0, len(chunk.valid), g))  # [B] the first row of each prompt
     rows = [i for i in first for _ in tag_ids]  # [B·11]
-    base = chunk.rollouts.select(rows)
-    completion_ids, completion_mask = right_pad([tag_ids[n % len(tag_ids)] for n in range(len(rows))],
-                                                pad_id)  # [B·11, T'], [B·11, T']
-    return Rollouts(base.prompt_ids, base.prompt_mask, base.positions, base.vectors, completion_ids, completion_mask,
-                    torch.zeros(len(rows), dtype=torch.bool), [""] * len(rows), len(tag_ids)), shared
+    return forced_completions(chunk.rollouts, rows, [tag_ids[n % len(tag_ids)] for n in range(len(rows))], pad_id,
+                              len(tag_ids)), shared
 
 
 def tag_expectation_backward(cfg: RunConfig, model: Any, chunk: Chunk, tag_ids: list[list[int]], pad_id: int,
@@ -98,15 +95,11 @@ def tag_expectation_backward(cfg: RunConfig, model: Any, chunk: Chunk, tag_ids: 
         answer_anchor_backward(cfg, model, chunk, weights.view(-1, g), pad_id)
 
 
-def anchor_prompts(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list) -> tuple[Rollouts, list]:
-    """grpo.answer_anchor_source's prompts for one chunk: one row per task (subject activations, oracle prompt; no
-    completion) and its anchor, `[epistemic status: 5] reference` (None without a reference)."""
+def anchor_prompts(cfg: RunConfig, model: Any, tokenizer: Any, tasks: list) -> tuple[OracleInputs, list]:
+    """grpo.answer_anchor_source's prompts for one chunk (subject activations, oracle prompts) and their anchors,
+    `[epistemic status: 5] reference` (None without a reference)."""
     inputs = build_oracle_inputs(model, tokenizer, tasks, spec=oracle_spec(cfg))
-    n = len(tasks)
-    rows = Rollouts(inputs.prompt_ids, inputs.prompt_mask, inputs.positions, inputs.vectors,
-                    torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0, dtype=torch.long),
-                    torch.zeros(n, dtype=torch.bool), [""] * n, 1)
-    return rows, [None if t.reference is None else tagged_answer_ids(tokenizer, 5, t.reference) for t in tasks]
+    return inputs, [None if t.reference is None else tagged_answer_ids(tokenizer, 5, t.reference) for t in tasks]
 
 
 def answer_anchor_backward(cfg: RunConfig, model: Any, chunk: Chunk, weights: torch.Tensor, pad_id: int) -> None:
@@ -117,18 +110,17 @@ def answer_anchor_backward(cfg: RunConfig, model: Any, chunk: Chunk, weights: to
     prompts = [i for i, a in enumerate(chunk.anchors) if a is not None]  # prompts with a reference
     if not prompts:
         return
+    answers = [chunk.anchors[i][0] for i in prompts]
     if chunk.anchor_rows is None:
-        base = chunk.rollouts.select([i * chunk.rollouts.num_generations for i in prompts])
+        g = chunk.rollouts.num_generations
+        rows = forced_completions(chunk.rollouts, [i * g for i in prompts], answers, pad_id)  # [n, T']
         w = weights[prompts]  # [n, G]
     else:
-        base = chunk.anchor_rows.select(prompts)
+        rows = forced_completions(chunk.anchor_rows, prompts, answers, pad_id)  # [n, T']
         w = weights.sum(dim=1).mean().expand(len(prompts), 1)  # [n, 1]
-    ids, mask = right_pad([chunk.anchors[i][0] for i in prompts], pad_id)  # [n, T'], [n, T']
-    answer_mask = mask.clone()  # [n, T']
+    answer_mask = rows.completion_mask.clone()  # [n, T']
     for n, i in enumerate(prompts):
         answer_mask[n, :chunk.anchors[i][1]] = 0  # the tag's tokens
-    rows = Rollouts(base.prompt_ids, base.prompt_mask, base.positions, base.vectors, ids, mask,
-                    torch.zeros(len(prompts), dtype=torch.bool), [""] * len(prompts), 1)
     device = next(model.parameters()).device
     with injected_logprobs(model, rows, 1.0, spec=oracle_spec(cfg),
                            prefix_shared=cfg.grpo.prefix_shared_forward) as logprobs:  # [n, T']
