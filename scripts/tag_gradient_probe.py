@@ -34,7 +34,6 @@ def term_gradients(config: str, adapter: str, overrides: list[str], chunks: int)
     from grpo_ao.config import anchor_data, load_config
     from grpo_ao.format import tag_candidate_ids
     from grpo_ao.judge import build_judge
-    from grpo_ao.loss import rollout_weights
     from grpo_ao.recipes import grpo, grpo_tag
     from grpo_ao.recipes.adapters import written_layout
     from grpo_ao.recipes.setup import load_oracle, task_sampler, trainable_parameters
@@ -67,9 +66,7 @@ def term_gradients(config: str, adapter: str, overrides: list[str], chunks: int)
                 grpo_tag.tag_expectation_backward(alone, model, dataclasses.replace(chunk, anchors=None), tag_ids,
                                                   tok.pad_token_id, n_rollouts, n_tokens)
                 grads[name] = grad()
-            scored = torch.tensor([bd.brier is not None for bd in chunk.breakdowns])  # [N]
-            weights = rollout_weights(cfg.grpo.loss_type, chunk.rollouts.lengths, cfg.sampling.max_new_tokens,
-                                      n_rollouts, n_tokens) * scored  # [N]
+            weights = grpo_tag.scored_weights(cfg, chunk, n_rollouts, n_tokens)  # [N]
             model.zero_grad(set_to_none=True)
             grpo_tag.answer_anchor_backward(cfg, model, chunk, weights.view(-1, g), tok.pad_token_id)
             grads["answer"] = grad() / cfg.grpo.answer_anchor  # at weight 1

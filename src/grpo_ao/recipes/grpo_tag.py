@@ -63,6 +63,14 @@ def tag_candidates(chunk: Chunk, tag_ids: list[list[int]], pad_id: int) -> tuple
                               len(tag_ids)), shared
 
 
+def scored_weights(cfg: RunConfig, chunk: Chunk, num_rollouts: int, num_tokens: int) -> torch.Tensor:
+    """Each rollout's aggregation weight in the tag term and its anchors (`loss.rollout_weights`), 0 where it was not
+    parsed and judged.  -> [N]"""
+    scored = torch.tensor([bd.brier is not None for bd in chunk.breakdowns])  # [N]
+    return rollout_weights(cfg.grpo.loss_type, chunk.rollouts.lengths, cfg.sampling.max_new_tokens, num_rollouts,
+                           num_tokens) * scored  # [N]
+
+
 def tag_expectation_backward(cfg: RunConfig, model: Any, chunk: Chunk, tag_ids: list[list[int]], pad_id: int,
                              num_rollouts: int, num_tokens: int) -> None:
     """`grpo.tag_expectation`: `loss.expected_tag_loss` for the chunk's prompts, plus `grpo.format_anchor` times
@@ -75,8 +83,7 @@ def tag_expectation_backward(cfg: RunConfig, model: Any, chunk: Chunk, tag_ids: 
         return
     targets = torch.tensor([float("nan") if not ok else float(j.informativeness if use_info else j.correct)
                             for j, ok in zip(chunk.judged, scored.tolist(), strict=True)])  # [N]
-    weights = rollout_weights(cfg.grpo.loss_type, chunk.rollouts.lengths, cfg.sampling.max_new_tokens, num_rollouts,
-                              num_tokens) * scored  # [N]
+    weights = scored_weights(cfg, chunk, num_rollouts, num_tokens)  # [N]
     candidates, shared = tag_candidates(chunk, tag_ids, pad_id)
     device = next(model.parameters()).device
     # at temperature 1, whatever the sampling temperature: nothing is sampled here, the optimum (all mass on the
